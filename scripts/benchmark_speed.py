@@ -1,0 +1,115 @@
+"""Inference speed, side by side in one process: our pipeline (`nlp.pipe`, whole pipeline) against
+the Hugging Face token-classification pipeline (aggregation_strategy="simple", the reference
+notebook's inference) on the same backbone and the same raw texts (the test split's documents).
+
+Variants run alternately, repetition after repetition, and each reports the median words/s.
+The HF model gets a randomly initialised classification head: its accuracy is not measured
+here, only its speed, which the head does not change.
+"""
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import spacy
+import torch
+import typer
+from spacy.cli._util import import_code
+from spacy.tokens import DocBin
+
+app = typer.Typer(add_completion=False)
+NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def machine_info() -> Dict[str, object]:
+    cpu = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {
+        "cpu": cpu,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "spacy": spacy.__version__,
+    }
+
+
+def spacy_runner(model: str, cpu_bf16: bool, confidence: bool, batch_size: int) -> Callable[[List[str]], int]:
+    overrides = {"components.transformer.model.cpu_bf16": cpu_bf16}
+    nlp = spacy.load(model, config=overrides, exclude=[] if confidence else ["entity_confidence"])
+
+    def run(texts: List[str]) -> int:
+        return sum(len(doc.ents) for doc in nlp.pipe(texts, batch_size=batch_size))
+
+    return run
+
+
+def hf_runner(backbone: str, batch_size: int) -> Callable[[List[str]], int]:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        backbone,
+        num_labels=len(NER_LABELS),
+        id2label=dict(enumerate(NER_LABELS)),
+        label2id={label: i for i, label in enumerate(NER_LABELS)},
+    )
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    ner = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple", device=-1)
+
+    def run(texts: List[str]) -> int:
+        return sum(len(entities) for entities in ner(texts, batch_size=batch_size))
+
+    return run
+
+
+@app.command()
+def main(
+    model: str = typer.Argument(..., help="Our pipeline: directory or installed package"),
+    data_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="DocBin whose texts are annotated"),
+    backbone: str = typer.Argument(..., help="HF model directory (or name) for the reference pipeline"),
+    output_path: Path = typer.Option(..., "--output", "-o", help="JSON with words/s per variant"),
+    repetitions: int = typer.Option(3, "--repetitions", "-r", help="Alternating runs per variant"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Batch size, ours and HF's (the reference: 32)"),
+    code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
+):
+    for code_path in filter(None, code_paths.split(",")):
+        import_code(code_path)
+    vocab = spacy.blank("en").vocab
+    texts = [doc.text for doc in DocBin().from_disk(data_path).get_docs(vocab)]
+    n_words = sum(len(doc) for doc in DocBin().from_disk(data_path).get_docs(vocab))
+    variants = {
+        "ours_bf16": spacy_runner(model, cpu_bf16=True, confidence=True, batch_size=batch_size),
+        "ours_bf16_no_confidence": spacy_runner(model, cpu_bf16=True, confidence=False, batch_size=batch_size),
+        "ours_fp32": spacy_runner(model, cpu_bf16=False, confidence=True, batch_size=batch_size),
+        "hf_pipeline_fp32": hf_runner(backbone, batch_size),
+    }
+    for run in variants.values():
+        run(texts[:8])  # warm-up
+    seconds: Dict[str, List[float]] = {name: [] for name in variants}
+    for repetition in range(repetitions):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run(texts)
+            seconds[name].append(time.perf_counter() - start)
+            typer.echo(f"rep {repetition + 1} {name}: {n_words / seconds[name][-1]:.0f} words/s")
+    result = {
+        "texts": len(texts),
+        "words": n_words,
+        "repetitions": repetitions,
+        "batch_size": batch_size,
+        "machine": machine_info(),
+        "words_per_second": {name: round(n_words / statistics.median(s), 1) for name, s in seconds.items()},
+        "seconds": {name: [round(x, 3) for x in s] for name, s in seconds.items()},
+    }
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    output_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    typer.echo(json.dumps(result["words_per_second"], indent=2))
+
+
+if __name__ == "__main__":
+    app()

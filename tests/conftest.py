@@ -1,0 +1,136 @@
+"""Offline fixtures: a tiny random DistilBERT with a WordPiece vocabulary trained on the fly,
+and small CoNLL-2003 samples written by the tests."""
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+PEOPLE = ["Bill Gates", "Angela Merkel", "John Smith", "Maria Lopez", "Peter Blake", "Steffi Graf"]
+ORGS = ["Microsoft", "Reuters", "European Union", "Bayern Munich", "United Nations", "Ajax"]
+PLACES = ["Seattle", "Washington", "Germany", "New York", "London", "Brazil"]
+MISCS = ["German", "British", "Olympic", "Dutch", "French", "World Cup"]
+VERBS = ["visited", "met", "joined", "left", "praised", "criticised"]
+FILLERS = ["on", "Monday", "in", "the", "report", "said", "after", "talks", "with", "officials"]
+
+
+def entity_tokens(name: str, label: str) -> List[Tuple[str, str]]:
+    words = name.split()
+    return [(w, ("B-" if i == 0 else "I-") + label) for i, w in enumerate(words)]
+
+
+def make_sentence(rng: random.Random) -> List[Tuple[str, str]]:
+    """A short sentence with PER, ORG, LOC and MISC entities, IOB2 tags."""
+    tokens = entity_tokens(rng.choice(PEOPLE), "PER")
+    tokens += [(rng.choice(VERBS), "O")]
+    tokens += entity_tokens(rng.choice(ORGS), "ORG")
+    tokens += [("in", "O")] + entity_tokens(rng.choice(PLACES), "LOC")
+    tokens += [(w, "O") for w in rng.sample(FILLERS, 2)]
+    tokens += entity_tokens(rng.choice(MISCS), "MISC") + [("fans", "O"), (".", "O")]
+    return tokens
+
+
+def conll_text(documents: Sequence[Sequence[Sequence[Tuple[str, str]]]]) -> str:
+    """CoNLL-2003 layout: -DOCSTART- before each document, a blank line after each sentence."""
+    lines = []
+    for document in documents:
+        lines += ["-DOCSTART- -X- -X- O", ""]
+        for sentence in document:
+            lines += [f"{word} NNP B-NP {tag}" for word, tag in sentence]
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_conll_dir(path: Path, n_docs: Tuple[int, int, int] = (8, 3, 3), sents_per_doc: int = 4, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, count in zip(("train.txt", "valid.txt", "test.txt"), n_docs):
+        docs = [[make_sentence(rng) for _ in range(sents_per_doc)] for _ in range(count)]
+        (path / name).write_text(conll_text(docs), encoding="utf-8")
+    return path
+
+
+def build_tiny_distilbert(path: Path) -> Path:
+    """A 1-layer random DistilBERT with a cased WordPiece vocabulary trained on the sample words."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizerFast
+
+    corpus = [" ".join(PEOPLE + ORGS + PLACES + MISCS + VERBS + FILLERS + ["fans", "."])] * 20
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    (path / "vocab.txt").write_text("\n".join(token for token, _ in vocab) + "\n", encoding="utf-8")
+    DistilBertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=False).save_pretrained(path)
+    config = DistilBertConfig(
+        vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=512
+    )
+    DistilBertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer(tmp_path_factory) -> Path:
+    return build_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+@pytest.fixture(scope="session")
+def conll_dir(tmp_path_factory) -> Path:
+    return write_conll_dir(tmp_path_factory.mktemp("conll"))
+
+
+PROJECT_FILES = ["project.yml", "configs", "scripts", "examples"]
+CODE = "scripts/seqeval_scorer.py,scripts/bf16_transformer.py,scripts/entity_confidence.py"
+
+
+def run_checked(cmd, cwd, env=None, input_text=None):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, input=input_text)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def project_run_all(project_dir: Path, transformer: Path, conll: Path) -> subprocess.CompletedProcess:
+    """`spacy project run all` with the tiny model: a learning rate and batch size that let a
+    1-layer model learn the sample data in 60 steps."""
+    return run_checked(
+        [sys.executable, "-m", "spacy", "project", "run", "all", ".",
+         "--vars.transformer", str(transformer), "--vars.conll_dir", str(conll),
+         "--vars.gpu_id", "-1", "--vars.max_steps", "60", "--vars.eval_frequency", "20",
+         "--vars.n_sents", "2", "--vars.learn_rate", "1e-3", "--vars.warmup_steps", "5",
+         "--vars.batch_size", "300", "--vars.package_version", "0.0.1"],
+        cwd=project_dir,
+    )
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, tiny_transformer, conll_dir) -> Path:
+    """A copy of the project after `spacy project run all` on the tiny model and sample data."""
+    project_dir = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project_dir / name)
+        else:
+            shutil.copy(source, project_dir / name)
+    project_run_all(project_dir, tiny_transformer, conll_dir)
+    return project_dir
+
+
+@pytest.fixture(scope="session")
+def nlp(project):
+    """The release pipeline (with entity confidences), loaded in this process."""
+    import bf16_transformer  # noqa: F401  (registers the pipeline's functions)
+    import entity_confidence  # noqa: F401
+    import seqeval_scorer  # noqa: F401
+    import spacy
+
+    return spacy.load(project / "training" / "model-release")
