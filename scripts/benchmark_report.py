@@ -19,8 +19,8 @@ def read_json(path: Path) -> Dict[str, Any]:
 def results_table(results: List[Dict[str, Any]]) -> str:
     lines = [
         "| run | backbone | test F1 | PER | ORG | LOC | MISC | dev F1 | train s | ours words/s | HF words/s | ratio "
-        "| test F1 fp32 | ours fp32 words/s | no-confidence words/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| test F1 fp32 | ours fp32 words/s | no-confidence words/s | HF words/s, sentences |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         per_type = r["test_per_type"]
@@ -29,7 +29,8 @@ def results_table(results: List[Dict[str, Any]]) -> str:
             + " | ".join(f"{per_type[label]['f']:.4f}" for label in ("PER", "ORG", "LOC", "MISC"))
             + f" | {r['dev_f1']:.4f} | {r['train_seconds']:.0f} | {r['words_per_second']:.0f} "
             f"| {r['hf_words_per_second']:.0f} | **{r['speed_ratio']:.2f}x** | {r['test_f1_fp32']:.4f} "
-            f"| {r['words_per_second_fp32']:.0f} | {r['words_per_second_no_confidence']:.0f} |"
+            f"| {r['words_per_second_fp32']:.0f} | {r['words_per_second_no_confidence']:.0f} "
+            f"| {r['hf_words_per_second_sentences']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -61,6 +62,7 @@ def main(
         "words_per_second_no_confidence": wps["ours_bf16_no_confidence"],
         "words_per_second_fp32": wps["ours_fp32"],
         "hf_words_per_second": wps["hf_pipeline_fp32"],
+        "hf_words_per_second_sentences": wps["hf_pipeline_fp32_sentences"],
         "speed_ratio": round(wps["ours_bf16"] / wps["hf_pipeline_fp32"], 3),
         "confidence": test_bf16.get("confidence"),
         "speed": speed,
