@@ -99,12 +99,13 @@ def read_records(source: str, input_format: str, errors: JsonlErrors) -> Tuple[I
 def doc_entities(doc: Doc, min_score: float) -> List[Dict[str, Any]]:
     entities = []
     for ent in doc.ents:
-        score = ent._.confidence if Span.has_extension("confidence") else None
+        confidence = ent._.confidence if Span.has_extension("confidence") else None
+        score = None if confidence is None else round(float(confidence), 4)
         if score is not None and score < min_score:
             continue
         entities.append({
             "entity_group": ent.label_,
-            "score": None if score is None else round(float(score), 4),
+            "score": score,
             "word": ent.text,
             "start": ent.start_char,
             "end": ent.end_char,
