@@ -25,13 +25,14 @@ app = typer.Typer(add_completion=False)
 Record = Tuple[str, Dict[str, Any]]
 
 
-class MalformedInput(ValueError):
+class SourceNotFound(ValueError):
     pass
 
 
 @dataclass
-class JsonlErrors:
-    """Malformed JSONL lines seen so far; with stop_on_error the reading stops at the first."""
+class InputErrors:
+    """Malformed JSONL lines or unreadable files seen so far; with stop_on_error the reading
+    stops at the first."""
 
     stop_on_error: bool
     messages: List[str]
@@ -42,7 +43,7 @@ class JsonlErrors:
         return self.stop_on_error
 
 
-def read_jsonl(lines: Iterable[str], source: str, errors: JsonlErrors) -> Iterator[Record]:
+def read_jsonl(lines: Iterable[str], source: str, errors: InputErrors) -> Iterator[Record]:
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -63,7 +64,7 @@ def read_jsonl(lines: Iterable[str], source: str, errors: JsonlErrors) -> Iterat
             return
 
 
-def read_text_files(paths: Iterable[Path], errors: JsonlErrors) -> Iterator[Record]:
+def read_text_files(paths: Iterable[Path], errors: InputErrors) -> Iterator[Record]:
     for path in paths:
         try:
             yield path.read_text(encoding="utf-8"), {"source": str(path)}
@@ -72,12 +73,12 @@ def read_text_files(paths: Iterable[Path], errors: JsonlErrors) -> Iterator[Reco
                 return
 
 
-def read_jsonl_file(path: Path, errors: JsonlErrors) -> Iterator[Record]:
+def read_jsonl_file(path: Path, errors: InputErrors) -> Iterator[Record]:
     with path.open(encoding="utf-8", errors="replace") as lines:
         yield from read_jsonl(lines, str(path), errors)
 
 
-def read_records(source: str, input_format: str, errors: JsonlErrors) -> Tuple[Iterator[Record], Optional[int]]:
+def read_records(source: str, input_format: str, errors: InputErrors) -> Tuple[Iterator[Record], Optional[int]]:
     """The records to annotate and, where cheap to know, how many there are (for the progress bar)."""
     if source == "-":
         if input_format == "text":
@@ -88,7 +89,7 @@ def read_records(source: str, input_format: str, errors: JsonlErrors) -> Tuple[I
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         return read_text_files(files, errors), len(files)
     if not path.is_file():
-        raise MalformedInput(f"{path}: no such file or directory")
+        raise SourceNotFound(f"{path}: no such file or directory")
     if input_format == "jsonl" or (input_format == "auto" and path.suffix == ".jsonl"):
         with path.open(encoding="utf-8", errors="replace") as f:
             total = sum(1 for line in f if line.strip())
@@ -152,17 +153,17 @@ def main(
         import_code(code_path)
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
-    errors = JsonlErrors(stop_on_error=on_error == "stop", messages=[])
+    errors = InputErrors(stop_on_error=on_error == "stop", messages=[])
     try:
         records, total = ([(text, {})], 1) if text is not None else read_records(source, input_format, errors)
-    except MalformedInput as err:
+    except SourceNotFound as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1)
     nlp = spacy.load(model)
     out, tmp_name = open_output(output)
-    html_docs: List[Doc] = []
+    html_docs: List[Dict[str, Any]] = []
     written = 0
-    show_progress = source not in (None, "-") and output is not None
+    show_progress = source not in (None, "-")
     try:
         annotated = nlp.pipe(records, as_tuples=True, batch_size=batch_size, n_process=n_process)
         for doc, meta in tqdm(annotated, total=total, disable=not show_progress, unit="doc", file=sys.stderr):
@@ -170,7 +171,9 @@ def main(
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
             written += 1
             if html and len(html_docs) < html_limit:
-                html_docs.append(doc)
+                # Text and entities only: the Doc itself holds the transformer output.
+                html_docs.append({"text": doc.text, "ents": [
+                    {"start": e.start_char, "end": e.end_char, "label": e.label_} for e in doc.ents]})
     except BaseException:
         # A crash leaves an earlier output file as it was.
         if tmp_name:
@@ -184,7 +187,7 @@ def main(
         out.flush()
     if html:
         html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(displacy.render(html_docs, style="ent", page=True), encoding="utf-8")
+        html.write_text(displacy.render(html_docs, style="ent", page=True, manual=True), encoding="utf-8")
     typer.echo(f"Annotated {written} document(s)" + (f" into {output}" if output else ""), err=True)
     if errors.messages and errors.stop_on_error:
         raise typer.Exit(1)

@@ -67,10 +67,8 @@ def seqeval_scores(y_true: List[List[str]], y_pred: List[List[str]]) -> Dict[str
         return {f"{SCORE_PREFIX}_{key}": None for key in ("p", "r", "f", "accuracy", "per_type")}
     report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
     labels = sorted(key for key in report if not key.endswith(" avg"))
-    per_type = {
-        label: {"p": float(report[label]["precision"]), "r": float(report[label]["recall"]), "f": float(report[label]["f1-score"])}
-        for label in labels
-    }
+    report_keys = {"p": "precision", "r": "recall", "f": "f1-score"}
+    per_type = {label: {key: float(report[label][name]) for key, name in report_keys.items()} for label in labels}
     return {
         f"{SCORE_PREFIX}_p": precision_score(y_true, y_pred, zero_division=0),
         f"{SCORE_PREFIX}_r": recall_score(y_true, y_pred, zero_division=0),
