@@ -4,7 +4,8 @@ from pathlib import Path
 
 import spacy
 import typer
-from spacy.cli._util import import_code
+
+from project_util import import_code_paths
 
 app = typer.Typer(add_completion=False)
 
@@ -16,8 +17,7 @@ def main(
     code_paths: str = typer.Option(..., "--code", "-c", help="Comma-separated Python files with registered functions"),
     beam_width: int = typer.Option(8, "--beam-width", help="Beam width for the entity confidences"),
 ):
-    for code_path in code_paths.split(","):
-        import_code(code_path)
+    import_code_paths(code_paths)
     nlp = spacy.load(model_dir)
     nlp.add_pipe("entity_confidence", after="ner", config={"beam_width": beam_width})
     nlp.to_disk(output_dir)

@@ -6,6 +6,8 @@ from typing import Any, Dict, List
 
 import typer
 
+from project_util import atomic_write_text
+
 app = typer.Typer(add_completion=False)
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # The reference notebook's method, measured on this machine with the same data and backbone.
@@ -69,15 +71,14 @@ def main(
         "reference": REFERENCE,
         "machine": speed["machine"],
     }
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{run_name}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(results_dir / f"{run_name}.json", json.dumps(result, indent=2) + "\n")
     results = [read_json(path) for path in sorted(results_dir.glob("*.json"))]
     text = benchmarks_md.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise typer.BadParameter(f"{benchmarks_md} has no {START} ... {END} markers")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    benchmarks_md.write_text(f"{head}{START}\n{results_table(results)}\n{END}{tail}", encoding="utf-8")
+    atomic_write_text(benchmarks_md, f"{head}{START}\n{results_table(results)}\n{END}{tail}")
     typer.echo(results_table([result]))
 
 

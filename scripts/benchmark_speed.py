@@ -16,8 +16,9 @@ from typing import Callable, Dict, List
 import spacy
 import torch
 import typer
-from spacy.cli._util import import_code
 from spacy.tokens import DocBin
+
+from project_util import atomic_write_text, import_code_paths
 
 app = typer.Typer(add_completion=False)
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -78,8 +79,7 @@ def main(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Batch size, ours and HF's (the reference: 32)"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
 ):
-    for code_path in filter(None, code_paths.split(",")):
-        import_code(code_path)
+    import_code_paths(code_paths)
     docs = list(DocBin().from_disk(data_path).get_docs(spacy.blank("en").vocab))
     texts = [doc.text for doc in docs]
     # The reference notebook annotated sentence by sentence: its pipeline on the same words cut
@@ -114,8 +114,7 @@ def main(
         "words_per_second": {name: round(n_words / statistics.median(s), 1) for name, s in seconds.items()},
         "seconds": {name: [round(x, 3) for x in s] for name, s in seconds.items()},
     }
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    output_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(output_path, json.dumps(result, indent=2) + "\n")
     typer.echo(json.dumps(result["words_per_second"], indent=2))
 
 

@@ -9,8 +9,6 @@ Two sources:
 A Doc is a group of up to `n_sents` consecutive sentences of one document, with sentence
 starts set, so the transformer sees context across sentences.
 """
-import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,8 @@ from spacy.tokens import Doc, DocBin
 from spacy.training import biluo_tags_to_spans, iob_to_biluo
 from spacy.vocab import Vocab
 from wasabi import msg
+
+from project_util import atomic_output
 
 LABELS = ("PER", "ORG", "LOC", "MISC")
 VALID_TAGS = {"O"} | {f"{prefix}-{label}" for prefix in "BI" for label in LABELS}
@@ -191,15 +191,8 @@ def read_hub_dataset(hub_id: str, revision: Optional[str]) -> Dict[str, List[Doc
 
 def write_docbin_atomically(docs: Iterable[Doc], output_path: Path) -> DocBin:
     docbin = DocBin(attrs=["ORTH", "SPACY", "SENT_START", "ENT_IOB", "ENT_TYPE"], docs=docs)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp_file:
-            tmp_file.write(docbin.to_bytes())
-        os.replace(tmp_name, output_path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(output_path, "wb") as output:
+        output.write(docbin.to_bytes())
     return docbin
 
 

@@ -8,20 +8,14 @@ from typing import Any, Dict, List, Optional
 import spacy
 import typer
 from spacy import displacy
-from spacy.cli._util import import_code
 from spacy.scorer import Scorer
 from spacy.tokens import Span
 from spacy.training import Corpus, Example
 from wasabi import msg
 
+from project_util import atomic_write_text, import_code_paths
+
 app = typer.Typer(add_completion=False)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text(text, encoding="utf-8")
-    tmp_path.replace(path)
 
 
 CONFIDENCE_BINS = (0.0, 0.5, 0.9, 0.99, 1.0)
@@ -41,20 +35,23 @@ def confidence_report(examples: List[Example]) -> Optional[Dict[str, Any]]:
             aligned = eg.get_aligned_spans_x2y([ent])
             is_correct = bool(aligned) and (aligned[0].start, aligned[0].end, ent.label_) in gold
             (correct if is_correct else wrong).append(ent._.confidence)
-    bins = []
-    for low, high in zip(CONFIDENCE_BINS, CONFIDENCE_BINS[1:]):
-        in_bin = lambda c: low <= c < high or (high == 1.0 and c == 1.0)  # noqa: E731
-        n_correct = sum(map(in_bin, correct))
-        n = n_correct + sum(map(in_bin, wrong))
-        bins.append({"range": [low, high], "entities": n, "precision": n_correct / n if n else None})
-    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
     return {
         "n_correct": len(correct),
         "n_wrong": len(wrong),
-        "mean_confidence_correct": mean(correct),
-        "mean_confidence_wrong": mean(wrong),
-        "bins": bins,
+        "mean_confidence_correct": sum(correct) / len(correct) if correct else None,
+        "mean_confidence_wrong": sum(wrong) / len(wrong) if wrong else None,
+        "bins": [confidence_bin(correct, wrong, low, high) for low, high in zip(CONFIDENCE_BINS, CONFIDENCE_BINS[1:])],
     }
+
+
+def confidence_bin(correct: List[float], wrong: List[float], low: float, high: float) -> Dict[str, Any]:
+    """How many entities have a confidence in [low, high) ([low, 1] for the last bin), and how many are right."""
+    def count(values: List[float]) -> int:
+        return sum(low <= value < high or value == high == 1.0 for value in values)
+
+    n_correct, n_wrong = count(correct), count(wrong)
+    n = n_correct + n_wrong
+    return {"range": [low, high], "entities": n, "precision": n_correct / n if n else None}
 
 
 def scores_table(scores: Dict[str, Any]) -> str:
@@ -80,8 +77,7 @@ def main(
     cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--no-cpu-bf16", help="Override the bf16 setting"),
 ):
     """Score MODEL on DATA_PATH with the pipeline's own scorers (seqeval for the NER)."""
-    for code_path in filter(None, code_paths.split(",")):
-        import_code(code_path)
+    import_code_paths(code_paths)
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     overrides = {} if cpu_bf16 is None else {"components.transformer.model.cpu_bf16": cpu_bf16}

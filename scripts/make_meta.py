@@ -8,6 +8,8 @@ from typing import List
 import typer
 from packaging.requirements import Requirement
 
+from project_util import atomic_write_text
+
 app = typer.Typer(add_completion=False)
 
 
@@ -26,10 +28,7 @@ def main(
     meta["test_performance"] = json.loads(test_scores.read_text(encoding="utf-8"))
     if description:
         meta["description"] = description
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = output_path.with_name(f".{output_path.name}.tmp")
-    tmp_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    tmp_path.replace(output_path)
+    atomic_write_text(output_path, json.dumps(meta, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,19 +7,19 @@ Hugging Face token-classification pipeline: `entity_group`, `score`, `word`, and
 as character offsets into the input text, so `text[start:end] == word`.
 """
 import json
-import os
 import sys
-import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, TextIO, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import spacy
 import typer
 from spacy import displacy
-from spacy.cli._util import import_code
 from spacy.tokens import Doc, Span
 from tqdm import tqdm
+
+from project_util import atomic_output, atomic_write_text, import_code_paths
 
 app = typer.Typer(add_completion=False)
 Record = Tuple[str, Dict[str, Any]]
@@ -114,15 +114,6 @@ def doc_entities(doc: Doc, min_score: float) -> List[Dict[str, Any]]:
     return entities
 
 
-def open_output(output: Optional[Path]) -> Tuple[TextIO, Optional[str]]:
-    """stdout, or a temporary file beside OUTPUT that replaces it only at the end."""
-    if output is None:
-        return sys.stdout, None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-    return os.fdopen(fd, "w", encoding="utf-8"), tmp_name
-
-
 @app.command()
 def main(
     source: Optional[str] = typer.Argument(None, help="Text file, directory of *.txt, JSONL file, or - for stdin"),
@@ -149,8 +140,7 @@ def main(
         raise typer.BadParameter("give either SOURCE or --text")
     if gpu_id >= 0 and n_process > 1:
         raise typer.BadParameter("--n-process > 1 runs on the CPU only; use --gpu-id -1")
-    for code_path in filter(None, code_paths.split(",")):
-        import_code(code_path)
+    import_code_paths(code_paths)
     if gpu_id >= 0:
         spacy.require_gpu(gpu_id)
     errors = InputErrors(stop_on_error=on_error == "stop", messages=[])
@@ -160,12 +150,13 @@ def main(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1)
     nlp = spacy.load(model)
-    out, tmp_name = open_output(output)
     html_docs: List[Dict[str, Any]] = []
     written = 0
-    show_progress = source not in (None, "-")
-    try:
+    # A file output is written to a temporary file and renamed at the end: a crash leaves an
+    # earlier output as it was, and a stop on a malformed line keeps the records done before it.
+    with atomic_output(output) if output else nullcontext(sys.stdout) as out:
         annotated = nlp.pipe(records, as_tuples=True, batch_size=batch_size, n_process=n_process)
+        show_progress = source not in (None, "-")
         for doc, meta in tqdm(annotated, total=total, disable=not show_progress, unit="doc", file=sys.stderr):
             line = {**meta, **({"text": doc.text} if include_text else {}), "entities": doc_entities(doc, min_score)}
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -174,20 +165,8 @@ def main(
                 # Text and entities only: the Doc itself holds the transformer output.
                 html_docs.append({"text": doc.text, "ents": [
                     {"start": e.start_char, "end": e.end_char, "label": e.label_} for e in doc.ents]})
-    except BaseException:
-        # A crash leaves an earlier output file as it was.
-        if tmp_name:
-            out.close()
-            Path(tmp_name).unlink(missing_ok=True)
-        raise
-    if tmp_name:
-        out.close()
-        os.replace(tmp_name, output)
-    else:
-        out.flush()
     if html:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        html.write_text(displacy.render(html_docs, style="ent", page=True, manual=True), encoding="utf-8")
+        atomic_write_text(html, displacy.render(html_docs, style="ent", page=True, manual=True))
     typer.echo(f"Annotated {written} document(s)" + (f" into {output}" if output else ""), err=True)
     if errors.messages and errors.stop_on_error:
         raise typer.Exit(1)

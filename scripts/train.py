@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 import typer
-from spacy.cli._util import import_code, parse_config_overrides
+from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train as spacy_train
+
+from project_util import import_code_paths
 
 app = typer.Typer(add_completion=False)
 
@@ -20,8 +22,7 @@ def main(
     code_paths: str = typer.Option(..., "--code", "-c", help="Comma-separated Python files with registered functions"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
 ):
-    for code_path in code_paths.split(","):
-        import_code(code_path)
+    import_code_paths(code_paths)
     overrides = parse_config_overrides(ctx.args)
     if gpu_id >= 0:
         overrides.setdefault("components.transformer.model.mixed_precision", True)

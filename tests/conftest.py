@@ -47,7 +47,9 @@ def conll_text(documents: Sequence[Sequence[Sequence[Tuple[str, str]]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_conll_dir(path: Path, n_docs: Tuple[int, int, int] = (8, 3, 3), sents_per_doc: int = 4, seed: int = 0) -> Path:
+def write_conll_dir(
+    path: Path, n_docs: Tuple[int, int, int] = (8, 3, 3), sents_per_doc: int = 4, seed: int = 0
+) -> Path:
     rng = random.Random(seed)
     path.mkdir(parents=True, exist_ok=True)
     for name, count in zip(("train.txt", "valid.txt", "test.txt"), n_docs):

@@ -172,8 +172,8 @@ def test_memory_does_not_grow_with_the_stream(nlp):
 
 
 ODD_TEXTS = ["", " ", "\n\n\t ", "🙂🙂 Bill Gates 🚀", "東京で Angela Merkel が会った", "مرحبا Reuters بالعالم",
-             "Bill\x00Gates\x07 met\x1b[31m Reuters", "x" * 5000, "Ajax " + "a" * 3000 + " London", "\u200b\u200e\ufeff",
-             "London" * 400]
+             "Bill\x00Gates\x07 met\x1b[31m Reuters", "x" * 5000, "Ajax " + "a" * 3000 + " London",
+             "\u200b\u200e\ufeff", "London" * 400]
 
 
 @pytest.mark.parametrize("text", ODD_TEXTS)

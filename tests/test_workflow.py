@@ -37,6 +37,10 @@ def test_workflow_outputs(project):
     # The sample data is easy: 60 steps must teach even the 1-layer model most entities.
     assert scores["seqeval_f"] > 0.6
     assert "| **overall** |" in (project / "metrics/test.md").read_text()
+    confidence = scores["confidence"]
+    assert confidence["n_correct"] > 0
+    assert sum(b["entities"] for b in confidence["bins"]) == confidence["n_correct"] + confidence["n_wrong"]
+    assert 0.0 <= confidence["mean_confidence_correct"] <= 1.0
     train_time = json.loads((project / "training/train_time.json").read_text())
     assert train_time["train_seconds"] > 0 and train_time["gpu_id"] == -1
 
