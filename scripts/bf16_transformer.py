@@ -16,7 +16,6 @@ import torch
 from spacy.tokens import Doc
 from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch
-from spacy_transformers.layers import TransformerModel
 from thinc.api import Model
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
 
@@ -45,7 +44,7 @@ def create_transformer_model(
     cpu_bf16: bool = False,
 ) -> Model[List[Doc], FullTransformerBatch]:
     """spacy-transformers.TransformerModel.v3, plus `cpu_bf16`."""
-    model = TransformerModel(
+    model = registry.architectures.get("spacy-transformers.TransformerModel.v3")(
         name,
         get_spans=get_spans,
         tokenizer_config=tokenizer_config,
