@@ -6,16 +6,12 @@ from typing import Any, Dict, List
 
 import typer
 
-from project_util import atomic_write_text
+from project_util import atomic_write_text, read_json, replace_between_markers
 
 app = typer.Typer(add_completion=False)
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 # The reference notebook's method, measured on this machine with the same data and backbone.
 REFERENCE = {"test_f1": 0.842, "dev_f1": 0.885, "train_seconds": 1257.0, "words_per_second": 3284.0}
-
-
-def read_json(path: Path) -> Dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def results_table(results: List[Dict[str, Any]]) -> str:
@@ -72,13 +68,9 @@ def main(
         "machine": speed["machine"],
     }
     atomic_write_text(results_dir / f"{run_name}.json", json.dumps(result, indent=2) + "\n")
-    results = [read_json(path) for path in sorted(results_dir.glob("*.json"))]
-    text = benchmarks_md.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise typer.BadParameter(f"{benchmarks_md} has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    atomic_write_text(benchmarks_md, f"{head}{START}\n{results_table(results)}\n{END}{tail}")
+    # The GPU runs (scripts/gpu_report.py) have a table of their own.
+    results = [read_json(path) for path in sorted(results_dir.glob("*.json")) if not path.stem.endswith("-gpu")]
+    replace_between_markers(benchmarks_md, START, END, results_table(results))
     typer.echo(results_table([result]))
 
 

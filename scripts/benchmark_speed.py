@@ -2,26 +2,31 @@
 the Hugging Face token-classification pipeline (aggregation_strategy="simple", the reference
 notebook's inference) on the same backbone and the same raw texts (the test split's documents).
 
+On the CPU (`--gpu-id -1`) both sides run in fp32 and in bf16; on a GPU both run in fp32 and in fp16,
+each as its users would: ours with the config's autocast switches (`cpu_bf16`, `mixed_precision`),
+the HF pipeline under `torch.autocast` on the CPU and with fp16 weights (`torch_dtype`) on a GPU.
 Variants run alternately, repetition after repetition, and each reports the median words/s.
-The HF model gets a randomly initialised classification head: its accuracy is not measured
-here, only its speed, which the head does not change.
+The HF model gets a randomly initialised classification head unless BACKBONE already has one: the
+head does not change the speed.
 """
 import json
 import platform
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import spacy
 import torch
 import typer
 from spacy.tokens import DocBin
 
-from project_util import atomic_write_text, import_code_paths
+from project_util import atomic_write_text, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+Runner = Callable[[List[str]], int]
 
 
 def machine_info() -> Dict[str, object]:
@@ -41,8 +46,11 @@ def machine_info() -> Dict[str, object]:
     }
 
 
-def spacy_runner(model: str, cpu_bf16: bool, confidence: bool, batch_size: int) -> Callable[[List[str]], int]:
-    overrides = {"components.transformer.model.cpu_bf16": cpu_bf16}
+def spacy_runner(model: str, precision: str, confidence: bool, batch_size: int) -> Runner:
+    overrides = {
+        "components.transformer.model.cpu_bf16": precision == "bf16",
+        "components.transformer.model.mixed_precision": precision == "fp16",
+    }
     nlp = spacy.load(model, config=overrides, exclude=[] if confidence else ["entity_confidence"])
 
     def run(texts: List[str]) -> int:
@@ -51,7 +59,7 @@ def spacy_runner(model: str, cpu_bf16: bool, confidence: bool, batch_size: int) 
     return run
 
 
-def hf_runner(backbone: str, batch_size: int) -> Callable[[List[str]], int]:
+def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: int) -> Runner:
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     model = AutoModelForTokenClassification.from_pretrained(
@@ -59,14 +67,31 @@ def hf_runner(backbone: str, batch_size: int) -> Callable[[List[str]], int]:
         num_labels=len(NER_LABELS),
         id2label=dict(enumerate(NER_LABELS)),
         label2id={label: i for i, label in enumerate(NER_LABELS)},
+        torch_dtype=torch.float16 if precision == "fp16" else torch.float32,
     )
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    ner = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple", device=-1)
+    ner = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple",
+                   device=gpu_id)
 
     def run(texts: List[str]) -> int:
-        return sum(len(entities) for entities in ner(texts, batch_size=batch_size))
+        with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
+            return sum(len(entities) for entities in ner(texts, batch_size=batch_size))
 
     return run
+
+
+def variants(model: str, backbone: str, gpu_id: int, batch_size: int,
+             texts: List[str], sentences: List[str]) -> Dict[str, Tuple[Runner, List[str]]]:
+    low = "fp16" if gpu_id >= 0 else "bf16"
+    hf_fp32 = hf_runner(backbone, "fp32", gpu_id, batch_size)
+    return {
+        f"ours_{low}": (spacy_runner(model, low, confidence=True, batch_size=batch_size), texts),
+        f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False, batch_size=batch_size), texts),
+        "ours_fp32": (spacy_runner(model, "fp32", confidence=True, batch_size=batch_size), texts),
+        f"hf_pipeline_{low}": (hf_runner(backbone, low, gpu_id, batch_size), texts),
+        "hf_pipeline_fp32": (hf_fp32, texts),
+        "hf_pipeline_fp32_sentences": (hf_fp32, sentences),
+    }
 
 
 @app.command()
@@ -77,31 +102,30 @@ def main(
     output_path: Path = typer.Option(..., "--output", "-o", help="JSON with words/s per variant"),
     repetitions: int = typer.Option(3, "--repetitions", "-r", help="Alternating runs per variant"),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Batch size, ours and HF's (the reference: 32)"),
+    gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id for both pipelines, or -1 for the CPU"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
 ):
     import_code_paths(code_paths)
+    with one_line_errors():
+        use_device(gpu_id)
     docs = list(DocBin().from_disk(data_path).get_docs(spacy.blank("en").vocab))
     texts = [doc.text for doc in docs]
     # The reference notebook annotated sentence by sentence: its pipeline on the same words cut
     # into sentences is measured too, for context.
     sentences = [sent.text for doc in docs for sent in doc.sents]
     n_words = sum(len(doc) for doc in docs)
-    hf = hf_runner(backbone, batch_size)
-    variants = {
-        "ours_bf16": (spacy_runner(model, cpu_bf16=True, confidence=True, batch_size=batch_size), texts),
-        "ours_bf16_no_confidence": (
-            spacy_runner(model, cpu_bf16=True, confidence=False, batch_size=batch_size), texts),
-        "ours_fp32": (spacy_runner(model, cpu_bf16=False, confidence=True, batch_size=batch_size), texts),
-        "hf_pipeline_fp32": (hf, texts),
-        "hf_pipeline_fp32_sentences": (hf, sentences),
-    }
-    for run, inputs in variants.values():
+    runs = variants(model, backbone, gpu_id, batch_size, texts, sentences)
+    for run, inputs in runs.values():
         run(inputs[:8])  # warm-up
-    seconds: Dict[str, List[float]] = {name: [] for name in variants}
+    seconds: Dict[str, List[float]] = {name: [] for name in runs}
     for repetition in range(repetitions):
-        for name, (run, inputs) in variants.items():
+        for name, (run, inputs) in runs.items():
+            if gpu_id >= 0:
+                torch.cuda.synchronize()
             start = time.perf_counter()
             run(inputs)
+            if gpu_id >= 0:
+                torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - start)
             typer.echo(f"rep {repetition + 1} {name}: {n_words / seconds[name][-1]:.0f} words/s")
     result = {
@@ -110,6 +134,7 @@ def main(
         "words": n_words,
         "repetitions": repetitions,
         "batch_size": batch_size,
+        "gpu_id": gpu_id,
         "machine": machine_info(),
         "words_per_second": {name: round(n_words / statistics.median(s), 1) for name, s in seconds.items()},
         "seconds": {name: [round(x, 3) for x in s] for name, s in seconds.items()},

@@ -20,7 +20,7 @@ from spacy.training import biluo_tags_to_spans, iob_to_biluo
 from spacy.vocab import Vocab
 from wasabi import msg
 
-from project_util import atomic_output
+from project_util import SetupError, atomic_output, one_line_errors
 
 LABELS = ("PER", "ORG", "LOC", "MISC")
 VALID_TAGS = {"O"} | {f"{prefix}-{label}" for prefix in "BI" for label in LABELS}
@@ -167,8 +167,17 @@ def read_hub_dataset(hub_id: str, revision: Optional[str]) -> Dict[str, List[Doc
     """Load CoNLL-2003 with `datasets`. The hub copy has no -DOCSTART- lines, so each split
     is one long document of consecutive sentences."""
     from datasets import load_dataset
+    from datasets.exceptions import DatasetNotFoundError
 
-    dataset = load_dataset(hub_id, revision=revision or None)
+    source = f"{hub_id}@{revision}" if revision else hub_id
+    fix = ("Point --vars.conll_dir (--conll-dir for the script) at a local CoNLL-2003 directory "
+           "(train.txt, valid.txt, test.txt), or --vars.hub_id at a local copy of the dataset.")
+    try:
+        dataset = load_dataset(hub_id, revision=revision or None)
+    except ConnectionError as err:  # datasets raises it offline (HF_DATASETS_OFFLINE=1) and when the hub is unreachable
+        raise SetupError(f"Cannot load the dataset {source}: the Hugging Face hub cannot be reached. {fix}") from err
+    except DatasetNotFoundError as err:
+        raise SetupError(f"Cannot load the dataset {source}: no such dataset on the hub or on disk. {fix}") from err
     splits = {}
     for split, hf_split in HF_SPLITS.items():
         if hf_split not in dataset:
@@ -242,7 +251,8 @@ def main(
     """Convert CoNLL-2003 to spaCy DocBin files and print a summary per split."""
     source = conll_dir or f"{hub_id}@{revision}"
     try:
-        summaries = convert(output_dir, Path(conll_dir) if conll_dir else None, hub_id, revision, n_sents)
+        with one_line_errors():
+            summaries = convert(output_dir, Path(conll_dir) if conll_dir else None, hub_id, revision, n_sents)
     except ConllFormatError as err:
         typer.echo(f"Cannot convert CoNLL-2003: {err}", err=True)
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ from spacy.tokens import Span
 from spacy.training import Corpus, Example
 from wasabi import msg
 
-from project_util import atomic_write_text, import_code_paths
+from project_util import atomic_write_text, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
 
@@ -78,8 +78,8 @@ def main(
 ):
     """Score MODEL on DATA_PATH with the pipeline's own scorers (seqeval for the NER)."""
     import_code_paths(code_paths)
-    if gpu_id >= 0:
-        spacy.require_gpu(gpu_id)
+    with one_line_errors():
+        use_device(gpu_id)
     overrides = {} if cpu_bf16 is None else {"components.transformer.model.cpu_bf16": cpu_bf16}
     nlp = spacy.load(model, config=overrides)
     examples = list(Corpus(data_path)(nlp))

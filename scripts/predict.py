@@ -4,25 +4,38 @@ Input: a string (--text), a text file (one document), a directory (each *.txt fi
 document), or JSONL with a `text` field; `-` reads stdin. Each output line holds the input's
 other fields (or `source` for files) and `entities`, each entity with the fields of the
 Hugging Face token-classification pipeline: `entity_group`, `score`, `word`, and `start`/`end`
-as character offsets into the input text, so `text[start:end] == word`.
+as character offsets into the input text, so `text[start:end] == word`. Texts of any length are
+annotated whole (long_texts.py). A record that cannot be read (bad JSON, no `text`, invalid UTF-8)
+or cannot be annotated is reported with its source and line; --on-error says whether to stop there
+(keeping the records before it) or to skip it and go on.
 """
 import json
+import multiprocessing
+import os
 import sys
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, BinaryIO, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import spacy
 import typer
 from spacy import displacy
-from spacy.tokens import Doc, Span
+from spacy.language import Language
+from spacy.util import minibatch
 from tqdm import tqdm
 
-from project_util import atomic_output, atomic_write_text, import_code_paths
+from annotation import AnnotationFailure, Entities, annotate_texts, parse_jsonl_line
+from project_util import atomic_output, atomic_write_text, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
-Record = Tuple[str, Dict[str, Any]]
+
+
+class Record(NamedTuple):
+    text: str
+    meta: Dict[str, Any]
+    location: str  # source and line, for the error messages
 
 
 class SourceNotFound(ValueError):
@@ -31,7 +44,7 @@ class SourceNotFound(ValueError):
 
 @dataclass
 class InputErrors:
-    """Malformed JSONL lines or unreadable files seen so far; with stop_on_error the reading
+    """Records that could not be read or annotated, seen so far; with stop_on_error the run
     stops at the first."""
 
     stop_on_error: bool
@@ -43,75 +56,101 @@ class InputErrors:
         return self.stop_on_error
 
 
-def read_jsonl(lines: Iterable[str], source: str, errors: InputErrors) -> Iterator[Record]:
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
+def read_jsonl(lines: Iterable[bytes], source: str, errors: InputErrors) -> Iterator[Record]:
+    for line_no, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            problem = f"{source}:{line_no}: not valid JSON ({err.msg})"
-        else:
-            if not isinstance(record, dict):
-                problem = f"{source}:{line_no}: expected a JSON object, got {type(record).__name__}"
-            elif not isinstance(record.get("text"), str):
-                problem = f"{source}:{line_no}: no string field 'text'"
-            else:
-                text = record.pop("text")
-                yield text, record
-                continue
-        if errors.report(problem):
+        parsed, problem = parse_jsonl_line(raw)
+        if parsed:
+            yield Record(parsed[0], parsed[1], f"{source}:{line_no}")
+        elif errors.report(f"{source}:{line_no}: {problem}"):
             return
 
 
-def read_text_files(paths: Iterable[Path], errors: InputErrors) -> Iterator[Record]:
-    for path in paths:
+def read_text_files(sources: Iterable[Tuple[str, BinaryIO]], errors: InputErrors) -> Iterator[Record]:
+    """One record per (name, binary file) pair: the whole file is one document."""
+    for name, stream in sources:
         try:
-            yield path.read_text(encoding="utf-8"), {"source": str(path)}
+            yield Record(stream.read().decode("utf-8"), {"source": name}, name)
         except UnicodeDecodeError as err:
-            if errors.report(f"{path}: not valid UTF-8 at byte {err.start}"):
+            if errors.report(f"{name}: not valid UTF-8 at byte {err.start}"):
                 return
 
 
+def open_files(paths: Iterable[Path]) -> Iterator[Tuple[str, BinaryIO]]:
+    for path in paths:
+        with path.open("rb") as stream:
+            yield str(path), stream
+
+
 def read_jsonl_file(path: Path, errors: InputErrors) -> Iterator[Record]:
-    with path.open(encoding="utf-8", errors="replace") as lines:
+    with path.open("rb") as lines:
         yield from read_jsonl(lines, str(path), errors)
 
 
-def read_records(source: str, input_format: str, errors: InputErrors) -> Tuple[Iterator[Record], Optional[int]]:
+def read_records(source: str, input_format: str, errors: InputErrors,
+                 stdin: BinaryIO) -> Tuple[Iterator[Record], Optional[int]]:
     """The records to annotate and, where cheap to know, how many there are (for the progress bar)."""
     if source == "-":
         if input_format == "text":
-            return iter([(sys.stdin.read(), {"source": "<stdin>"})]), None
-        return read_jsonl(sys.stdin, "<stdin>", errors), None
+            return read_text_files([("<stdin>", stdin)], errors), None
+        return read_jsonl(stdin, "<stdin>", errors), None
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        return read_text_files(files, errors), len(files)
+        return read_text_files(open_files(files), errors), len(files)
     if not path.is_file():
         raise SourceNotFound(f"{path}: no such file or directory")
     if input_format == "jsonl" or (input_format == "auto" and path.suffix == ".jsonl"):
-        with path.open(encoding="utf-8", errors="replace") as f:
+        with path.open("rb") as f:
             total = sum(1 for line in f if line.strip())
         return read_jsonl_file(path, errors), total
-    return read_text_files([path], errors), 1
+    return read_text_files(open_files([path]), errors), 1
 
 
-def doc_entities(doc: Doc, min_score: float) -> List[Dict[str, Any]]:
-    entities = []
-    for ent in doc.ents:
-        confidence = ent._.confidence if Span.has_extension("confidence") else None
-        score = None if confidence is None else round(float(confidence), 4)
-        if score is not None and score < min_score:
-            continue
-        entities.append({
-            "entity_group": ent.label_,
-            "score": score,
-            "word": ent.text,
-            "start": ent.start_char,
-            "end": ent.end_char,
-        })
-    return entities
+def kept_entities(entities: Entities, min_score: float) -> Entities:
+    return [e for e in entities if e["score"] is None or e["score"] >= min_score]
+
+
+worker_nlp: Optional[Language] = None
+
+
+def load_worker(model: str, code_paths: str, threads: int) -> None:
+    global worker_nlp
+    import torch
+
+    torch.set_num_threads(threads)
+    import_code_paths(code_paths)
+    worker_nlp = spacy.load(model)
+
+
+def annotate_in_worker(texts: Sequence[str], batch_size: int) -> list:
+    return annotate_texts(worker_nlp, texts, batch_size)
+
+
+def annotated_batches(records: Iterator[Record], model: str, code_paths: str, batch_size: int,
+                      n_process: int) -> Iterator[Tuple[List[Record], list]]:
+    """Batches of records with their entities (or failures), in the input order. With n_process > 1
+    the batches go to worker processes that each load the model once."""
+    batches = (list(batch) for batch in minibatch(records, size=batch_size))
+    if n_process == 1:
+        nlp = spacy.load(model)
+        for batch in batches:
+            yield batch, annotate_texts(nlp, [r.text for r in batch], batch_size)
+        return
+    threads = max(1, (os.cpu_count() or 1) // n_process)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(n_process, initializer=load_worker, initargs=(model, code_paths, threads)) as pool:
+        # At most two batches per worker in flight, so the input is read as fast as it is annotated.
+        pending: Deque[Tuple[List[Record], Any]] = deque()
+        for batch in batches:
+            pending.append((batch, pool.apply_async(annotate_in_worker, ([r.text for r in batch], batch_size))))
+            if len(pending) > 2 * n_process:
+                done, result = pending.popleft()
+                yield done, result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, result.get()
 
 
 @app.command()
@@ -125,7 +164,7 @@ def main(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per nlp.pipe batch"),
     n_process: int = typer.Option(1, "--n-process", "-n", help="Worker processes (CPU only)"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
-    on_error: str = typer.Option("stop", "--on-error", help="Malformed JSONL lines: stop, or skip and go on"),
+    on_error: str = typer.Option("stop", "--on-error", help="A record that cannot be read or annotated: stop, or skip it"),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a displaCy page of the annotated documents"),
     html_limit: int = typer.Option(100, "--html-limit", help="At most this many documents on the displaCy page"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
@@ -141,30 +180,39 @@ def main(
     if gpu_id >= 0 and n_process > 1:
         raise typer.BadParameter("--n-process > 1 runs on the CPU only; use --gpu-id -1")
     import_code_paths(code_paths)
-    if gpu_id >= 0:
-        spacy.require_gpu(gpu_id)
+    with one_line_errors():
+        use_device(gpu_id)
     errors = InputErrors(stop_on_error=on_error == "stop", messages=[])
     try:
-        records, total = ([(text, {})], 1) if text is not None else read_records(source, input_format, errors)
+        records, total = (([Record(text, {}, "--text")], 1) if text is not None
+                          else read_records(source, input_format, errors, sys.stdin.buffer))
     except SourceNotFound as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1)
-    nlp = spacy.load(model)
     html_docs: List[Dict[str, Any]] = []
     written = 0
     # A file output is written to a temporary file and renamed at the end: a crash leaves an
-    # earlier output as it was, and a stop on a malformed line keeps the records done before it.
-    with atomic_output(output) if output else nullcontext(sys.stdout) as out:
-        annotated = nlp.pipe(records, as_tuples=True, batch_size=batch_size, n_process=n_process)
-        show_progress = source not in (None, "-")
-        for doc, meta in tqdm(annotated, total=total, disable=not show_progress, unit="doc", file=sys.stderr):
-            line = {**meta, **({"text": doc.text} if include_text else {}), "entities": doc_entities(doc, min_score)}
-            out.write(json.dumps(line, ensure_ascii=False) + "\n")
-            written += 1
-            if html and len(html_docs) < html_limit:
-                # Text and entities only: the Doc itself holds the transformer output.
-                html_docs.append({"text": doc.text, "ents": [
-                    {"start": e.start_char, "end": e.end_char, "label": e.label_} for e in doc.ents]})
+    # earlier output as it was, and a stop on a bad record keeps the records done before it.
+    with atomic_output(output) if output else nullcontext(sys.stdout) as out, \
+            tqdm(total=total, disable=source in (None, "-"), unit="doc", file=sys.stderr) as progress:
+        for batch, results in annotated_batches(iter(records), model, code_paths, batch_size, n_process):
+            stop = False
+            for record, entities in zip(batch, results):
+                progress.update(1)
+                if isinstance(entities, AnnotationFailure):
+                    stop = errors.report(f"{record.location}: cannot annotate ({entities})")
+                    if stop:
+                        break
+                    continue
+                line = {**record.meta, **({"text": record.text} if include_text else {}),
+                        "entities": kept_entities(entities, min_score)}
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                written += 1
+                if html and len(html_docs) < html_limit:
+                    html_docs.append({"text": record.text, "ents": [
+                        {"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities]})
+            if stop:
+                break
     if html:
         atomic_write_text(html, displacy.render(html_docs, style="ent", page=True, manual=True))
     typer.echo(f"Annotated {written} document(s)" + (f" into {output}" if output else ""), err=True)

@@ -1,17 +1,43 @@
 """Helpers that the workflow's scripts share. Not bundled into the model package."""
+import importlib.util
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator, Optional
 
+import spacy
+import typer
 from spacy.cli._util import import_code
+
+GPU_INSTALL = "pip install -r requirements-gpu.txt"
+
+
+class SetupError(RuntimeError):
+    """A device or a source that cannot be used; the message is one line: the cause and the fix."""
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Stop the script with the SetupError's one line, without a traceback."""
+    try:
+        yield
+    except SetupError as err:
+        typer.echo(f"Error: {err}", err=True)
+        raise typer.Exit(1)
 
 
 def import_code_paths(code_paths: str) -> None:
     """Import each of the comma-separated Python files, so that their registered functions exist."""
     for code_path in filter(None, code_paths.split(",")):
         import_code(code_path)
+
+
+def current_umask() -> int:
+    umask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
+    os.umask(umask)
+    return umask
 
 
 @contextmanager
@@ -21,6 +47,8 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600 whatever the umask; give it the mode open(path, "w") would.
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as tmp_file:
             yield tmp_file
         os.replace(tmp_name, path)
@@ -32,3 +60,81 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_output(path) as output:
         output.write(text)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def replace_between_markers(path: Path, start: str, end: str, content: str) -> None:
+    """Rewrite the part of a Markdown file between two marker lines (generated tables)."""
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        raise typer.BadParameter(f"{path} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(path, f"{head}{start}\n{content}\n{end}{tail}")
+
+
+def gpu_problem(gpu_id: int) -> Optional[str]:
+    """Why GPU `gpu_id` cannot run spaCy (whose GPU ops go through CuPy, the transformer's
+    through torch), or None when it can."""
+    if importlib.util.find_spec("cupy") is None:
+        return "CuPy is not installed (spaCy runs on a GPU through CuPy)"
+    import torch
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build, without CUDA"
+    count = torch.cuda.device_count()
+    if count == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return "no CUDA device is visible" + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
+    if gpu_id >= count:
+        return f"GPU id {gpu_id} is out of range: {count} CUDA device(s) visible, ids 0 to {count - 1}"
+    try:
+        import cupy
+
+        with cupy.cuda.Device(gpu_id):
+            # An elementwise kernel: CuPy compiles it, so this also proves that its CUDA libraries load.
+            (cupy.arange(4, dtype="float32") * 2).sum().item()
+    except Exception as err:  # CuPy raises a different class for each missing library or driver.
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"CuPy cannot run on GPU {gpu_id} ({cause}); its wheel must match torch's CUDA {torch.version.cuda}"
+    return None
+
+
+def check_device(gpu_id: int) -> None:
+    """Stop with one line that names the cause and the fix when GPU `gpu_id` (>= 0) cannot be used."""
+    problem = gpu_problem(gpu_id)
+    if problem:
+        raise SetupError(
+            f"Cannot use GPU {gpu_id}: {problem}. Fix: install the GPU requirements ({GPU_INSTALL}), "
+            "or run on the CPU with --vars.gpu_id -1 (--gpu-id -1 for a script)."
+        )
+
+
+def use_device(gpu_id: int) -> None:
+    """Run spaCy on GPU `gpu_id`, or on the CPU for -1. Checked before any heavy work, so an
+    unusable GPU stops a step with one line that names the cause and the fix."""
+    if gpu_id >= 0:
+        check_device(gpu_id)
+        spacy.require_gpu(gpu_id)
+
+
+def check_transformer(name: str) -> None:
+    """Stop early when the backbone is neither a local save_pretrained directory nor downloadable."""
+    fix = "Point --vars.transformer (--transformer for a script) at a local save_pretrained directory."
+    path = Path(name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SetupError(f"Transformer directory {path} holds no config.json, so save_pretrained did not write it. {fix}")
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError as err:
+        # transformers says "couldn't connect" both offline (HF_HUB_OFFLINE=1) and when the hub is unreachable.
+        cause = ("the Hugging Face hub cannot be reached and no copy is cached" if "connect" in str(err)
+                 else str(err).strip().splitlines()[0])
+        raise SetupError(f"Cannot load the transformer {name!r}: no such local directory, and {cause}. {fix}") from err

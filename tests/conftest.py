@@ -1,5 +1,7 @@
 """Offline fixtures: a tiny random DistilBERT with a WordPiece vocabulary trained on the fly,
 and small CoNLL-2003 samples written by the tests."""
+import json
+import os
 import random
 import shutil
 import subprocess
@@ -11,6 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU that spaCy can use (CuPy); skipped elsewhere")
 
 PEOPLE = ["Bill Gates", "Angela Merkel", "John Smith", "Maria Lopez", "Peter Blake", "Steffi Graf"]
 ORGS = ["Microsoft", "Reuters", "European Union", "Bayern Munich", "United Nations", "Ajax"]
@@ -91,7 +97,7 @@ def conll_dir(tmp_path_factory) -> Path:
 
 
 PROJECT_FILES = ["project.yml", "configs", "scripts", "examples"]
-CODE = "scripts/seqeval_scorer.py,scripts/bf16_transformer.py,scripts/entity_confidence.py"
+CODE = "scripts/seqeval_scorer.py,scripts/bf16_transformer.py,scripts/entity_confidence.py,scripts/long_texts.py"
 
 
 def run_checked(cmd, cwd, env=None, input_text=None):
@@ -136,3 +142,22 @@ def nlp(project):
     import spacy
 
     return spacy.load(project / "training" / "model-release")
+
+
+@pytest.fixture(scope="session")
+def installed_model(project, tmp_path_factory):
+    """The wheel installed into its own directory, outside the repo and the project."""
+    wheels = list((project / "packages").glob("en_conll_distilbert-0.0.1/dist/*.whl"))
+    assert len(wheels) == 1
+    site = tmp_path_factory.mktemp("site")
+    run_checked([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+                 str(wheels[0])], cwd=site)
+    return site
+
+
+def run_in_clean_process(site: Path, code: str, *args: str) -> dict:
+    """Run CODE (with ARGS as sys.argv[1:]) with only the installed package on the path; it prints
+    one JSON line last."""
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    stdout = run_checked([sys.executable, "-c", code, *args], cwd=site.parent, env=env).stdout
+    return json.loads(stdout.strip().splitlines()[-1])

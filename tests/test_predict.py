@@ -1,6 +1,7 @@
 """The predict CLI and the release pipeline on real-world input: offsets, JSONL in and out,
 bulk against single, long documents, odd text, malformed lines, and the displaCy page."""
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -78,7 +79,7 @@ def test_bulk_and_one_by_one_give_the_same_output(project, tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     bulk = [json.loads(line) for line in predict(project, str(source), "--batch-size", "8").stdout.splitlines()]
-    single = [json.loads(predict(project, "--text", text).stdout) for text in texts]
+    single = [json.loads(line) for line in predict(project, str(source), "--batch-size", "1").stdout.splitlines()]
     assert len(bulk) == len(single) == len(texts)
     for b, s in zip(bulk, single):
         assert [(e["entity_group"], e["start"], e["end"]) for e in b["entities"]] == \
@@ -228,3 +229,85 @@ def test_displacy_pages_render_entity_labels(project, tmp_path):
         assert f">{label}</span>" in dom
     sample_dom = rendered_dom(project / "metrics" / "test_sample.html", tmp_path)
     assert "<mark" in sample_dom and ">PER</span>" in sample_dom
+
+
+def test_invalid_utf8_line_is_reported_and_skipped(project, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "Caf\xe9 in London"}\n'
+                       b'{"id": 3, "text": "Angela Merkel visited London ."}\n')
+    output = tmp_path / "out.jsonl"
+    result = predict(project, str(source), "--output", str(output), "--on-error", "skip")
+    assert f"Skipped: {source}:2: not valid UTF-8 (byte 0xe9 at column 23)" in result.stderr
+    assert [r["id"] for r in read_jsonl(output)] == [1, 3]
+
+
+def test_invalid_utf8_line_stops_and_keeps_the_earlier_records(project, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "\xff\xfe"}\n'
+                       b'{"id": 3, "text": "Angela Merkel visited London ."}\n')
+    output = tmp_path / "out.jsonl"
+    result = predict(project, str(source), "--output", str(output), check=False)
+    assert result.returncode == 1
+    assert f"Error: {source}:2: not valid UTF-8 (byte 0xff at column 20)" in result.stderr
+    assert [r["id"] for r in read_jsonl(output)] == [1]
+
+
+def test_a_record_that_cannot_be_annotated_costs_only_itself(project, tmp_path):
+    """A component that fails on one text (whatever the cause): that record is reported with its
+    line, the others of its batch and after it are annotated."""
+    failing = tmp_path / "failing.py"
+    failing.write_text('''
+from spacy.language import Language
+
+@Language.component("fail_on_boom")
+def fail_on_boom(doc):
+    if "boom" in doc.text:
+        raise RuntimeError("cannot handle boom")
+    return doc
+''')
+    model = tmp_path / "model"
+    run_checked([sys.executable, "-c", f"""
+import sys; sys.path[:0] = ["scripts", {str(tmp_path)!r}]
+import bf16_transformer, entity_confidence, failing, seqeval_scorer, spacy
+nlp = spacy.load("training/model-release")
+nlp.add_pipe("fail_on_boom")
+nlp.to_disk({str(model)!r})
+"""], cwd=project)
+    texts = ["Bill Gates met Reuters .", "a boom here", "Angela Merkel visited London .", "Ajax won in Brazil ."]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts, start=1)))
+    for on_error, ids, returncode in (("skip", [1, 3, 4], 0), ("stop", [1], 1)):
+        output = tmp_path / f"out-{on_error}.jsonl"
+        result = subprocess.run(
+            [sys.executable, "scripts/predict.py", str(source), "--model", str(model), "--output", str(output),
+             "--code", f"{CODE},{failing}", "--on-error", on_error], cwd=project, capture_output=True, text=True)
+        assert result.returncode == returncode, result.stderr[-3000:]
+        assert f"{source}:2: cannot annotate (RuntimeError: cannot handle boom)" in result.stderr
+        assert [r["id"] for r in read_jsonl(output)] == ids
+    assert read_jsonl(tmp_path / "out-skip.jsonl")[0]["entities"]
+
+
+def run_under_umask(project, umask, command):
+    result = subprocess.run([sys.executable, *command], cwd=project, capture_output=True, text=True,
+                            preexec_fn=lambda: os.umask(umask))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_output_files_get_the_mode_of_the_umask(project, conll_dir, tmp_path):
+    out = tmp_path / "out"
+    for command in (
+        ["scripts/convert.py", str(out / "corpus"), "--conll-dir", str(conll_dir)],
+        ["scripts/evaluate.py", "training/model-release", "corpus/test.spacy", "--output", str(out / "test.json"),
+         "--table", str(out / "test.md"), "--code", CODE],
+        ["scripts/predict.py", "--text", "Bill Gates met Reuters .", "--model", "training/model-release",
+         "--code", CODE, "--output", str(out / "predictions.jsonl"), "--html", str(out / "predictions.html")],
+    ):
+        run_under_umask(project, 0o022, command)
+    written = [*(out / "corpus").iterdir(), *(p for p in out.iterdir() if p.is_file())]
+    assert len(written) == 7
+    assert {path.name: path.stat().st_mode & 0o777 for path in written} == {path.name: 0o644 for path in written}
+    # The mode follows the umask, whatever it is.
+    private = tmp_path / "private.jsonl"
+    run_under_umask(project, 0o077, ["scripts/predict.py", "--text", "Bill Gates", "--model", "training/model-release",
+                                     "--code", CODE, "--output", str(private)])
+    assert private.stat().st_mode & 0o777 == 0o600

@@ -1,30 +1,9 @@
 """The real workflow end to end, offline: convert -> train on the CPU -> assemble -> evaluate ->
 package -> install the wheel -> spacy.load("en_conll_distilbert") -> doc.ents."""
 import json
-import os
-import sys
-from pathlib import Path
 
-import pytest
 import yaml
-from conftest import ROOT, project_run_all, run_checked
-
-
-@pytest.fixture(scope="module")
-def installed_model(project, tmp_path_factory):
-    """The wheel installed into its own directory, outside the repo and the project."""
-    wheels = list((project / "packages").glob("en_conll_distilbert-0.0.1/dist/*.whl"))
-    assert len(wheels) == 1
-    site = tmp_path_factory.mktemp("site")
-    run_checked([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
-                 str(wheels[0])], cwd=site)
-    return site
-
-
-def run_in_clean_process(site: Path, code: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    stdout = run_checked([sys.executable, "-c", code], cwd=site.parent, env=env).stdout
-    return json.loads(stdout.strip().splitlines()[-1])
+from conftest import ROOT, project_run_all, run_in_clean_process
 
 
 def test_workflow_outputs(project):

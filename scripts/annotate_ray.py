@@ -1,0 +1,273 @@
+"""Annotate a corpus bigger than one machine on Ray Data: JSONL or Parquet files with a `text` column
+in, one Parquet (or JSONL) file of entities out per input file.
+
+Ray Data hands the input files to a pool of `--workers` actors, each of which loads the model once
+(an installed package or a pipeline directory) and annotates its files with the code that
+`predict` uses (annotation.py), batch by batch: the same entities, scores and offsets, texts beyond
+`nlp.max_length` annotated whole. Each output row holds the input record's other columns plus
+`entities` (`entity_group`, `score`, `word`, `start`, `end`).
+
+Resumable and lossless: the output of an input file is named after it (its stem and a hash of its
+full path) and written atomically (to a temporary name, then renamed), so a rerun skips the files
+already done and redoes only the missing ones. A worker that dies is restarted by Ray and its file
+retried; a file's output appears once, whole, with every record exactly once. Malformed records
+(invalid JSON or UTF-8, no string `text`) and records that cannot be annotated go to
+`<output>.malformed.jsonl` beside it, with their source file and line (JSONL) or row (Parquet).
+
+Local paths, and anything `pyarrow.fs` opens (`s3://`, `gs://`, `hdfs://`), work alike. Without
+`--address` a local Ray starts; with it the run joins that cluster, whose nodes must all reach the
+input, the output and the model (an installed package on every node, or a path on shared storage).
+"""
+import fnmatch
+import hashlib
+import json
+import re
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy
+import pyarrow
+import pyarrow.fs
+import pyarrow.parquet
+import typer
+
+from annotation import AnnotationFailure, annotate_texts, parse_jsonl_line
+from project_util import SetupError, check_device, import_code_paths, one_line_errors, use_device
+
+app = typer.Typer(add_completion=False)
+INPUT_SUFFIXES = (".jsonl", ".parquet")
+SCRIPTS_DIR = Path(__file__).resolve().parent
+ENTITY_TYPE = pyarrow.list_(pyarrow.struct([
+    ("entity_group", pyarrow.string()), ("score", pyarrow.float64()), ("word", pyarrow.string()),
+    ("start", pyarrow.int64()), ("end", pyarrow.int64()),
+]))
+Record = Tuple[str, Dict[str, Any], Dict[str, int]]  # text, the other fields, {"line": n} or {"row": n}
+
+
+def resolve(uri: str) -> Tuple[pyarrow.fs.FileSystem, str]:
+    """The filesystem and path of a URI or local path (made absolute, so that Ray workers find it)."""
+    if "://" in uri:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def list_inputs(fs: pyarrow.fs.FileSystem, path: str) -> List[str]:
+    """A file, every JSONL/Parquet file under a directory, or the files that match a glob."""
+    info = fs.get_file_info(path)
+    if info.type == pyarrow.fs.FileType.File:
+        return [path]
+    pattern = None
+    if info.type != pyarrow.fs.FileType.Directory:
+        if not any(char in path for char in "*?["):
+            raise SetupError(f"Input {path}: no such file or directory")
+        pattern, path = path, path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+    files = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.File and i.path.endswith(INPUT_SUFFIXES)
+                   and (pattern is None or fnmatch.fnmatch(i.path, pattern)))
+    if not files:
+        raise SetupError(f"Input {pattern or path}: no .jsonl or .parquet files")
+    return files
+
+
+def output_name(input_path: str, output_format: str) -> str:
+    """Named after the input, so that a rerun finds it; the hash keeps same-named inputs apart."""
+    digest = hashlib.sha1(input_path.encode("utf-8")).hexdigest()[:12]
+    return f"{PurePosixPath(input_path).stem}-{digest}.{output_format}"
+
+
+def jsonl_lines(stream: pyarrow.NativeFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    rest = b""
+    while chunk := stream.read(chunk_size):
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest
+
+
+def read_records(fs: pyarrow.fs.FileSystem, path: str, malformed: List[Dict[str, Any]]) -> Iterator[Record]:
+    """The file's records; the malformed ones are added to MALFORMED with their line or row."""
+    if path.endswith(".jsonl"):
+        with fs.open_input_stream(path) as stream:
+            for line_no, raw in enumerate(jsonl_lines(stream), start=1):
+                if not raw.strip():
+                    continue
+                parsed, problem = parse_jsonl_line(raw)
+                if parsed:
+                    yield parsed[0], parsed[1], {"line": line_no}
+                else:
+                    malformed.append({"source": path, "line": line_no, "problem": problem})
+        return
+    with fs.open_input_file(path) as stream:
+        row_no = 0
+        for batch in pyarrow.parquet.ParquetFile(stream).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                row_no += 1
+                text = row.pop("text", None)
+                if isinstance(text, str):
+                    yield text, row, {"row": row_no}
+                else:
+                    malformed.append({"source": path, "row": row_no, "problem": "no string field 'text'"})
+
+
+def batches(records: Iterator[Record], size: int) -> Iterator[List[Record]]:
+    batch: List[Record] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def write_atomically(fs: pyarrow.fs.FileSystem, path: str, write) -> None:
+    tmp_path = f"{path}.tmp-{time.time_ns()}"
+    with fs.open_output_stream(tmp_path) as stream:
+        write(stream)
+    fs.move(tmp_path, path)
+
+
+def write_output(fs: pyarrow.fs.FileSystem, path: str, rows: List[Dict[str, Any]], output_format: str) -> None:
+    if output_format == "jsonl":
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+        write_atomically(fs, path, lambda stream: stream.write(lines))
+        return
+    table = pyarrow.Table.from_pylist(rows) if rows else pyarrow.table({"entities": pyarrow.array([], ENTITY_TYPE)})
+    if rows:
+        table = table.set_column(table.schema.get_field_index("entities"), "entities",
+                                 pyarrow.array([row["entities"] for row in rows], ENTITY_TYPE))
+    write_atomically(fs, path, lambda stream: pyarrow.parquet.write_table(table, stream))
+
+
+class Annotator:
+    """A Ray actor: loads the model once, then annotates whole input files, one per call."""
+
+    def __init__(self, model: str, code_paths: str, use_gpu: bool, batch_size: int, output_dir: str,
+                 output_format: str, threads: int):
+        import spacy
+        import torch
+
+        torch.set_num_threads(threads)
+        import_code_paths(code_paths)
+        use_device(0 if use_gpu else -1)  # Ray makes the worker's GPU device 0
+        self.nlp = spacy.load(model)
+        self.batch_size = batch_size
+        self.output_fs, self.output_dir = resolve(output_dir)
+        self.output_format = output_format
+
+    def __call__(self, files: Dict[str, numpy.ndarray]) -> Dict[str, list]:
+        summaries = [self.annotate_file(str(uri), str(name)) for uri, name in zip(files["input"], files["output"])]
+        return {key: [s[key] for s in summaries] for key in summaries[0]}
+
+    def annotate_file(self, uri: str, name: str) -> Dict[str, Any]:
+        fs, path = resolve(uri)
+        unreadable: List[Dict[str, Any]] = []
+        failed: List[Dict[str, Any]] = []
+        rows: List[Dict[str, Any]] = []
+        records_read = words = 0
+        for batch in batches(read_records(fs, path, unreadable), self.batch_size):
+            records_read += len(batch)
+            for (text, fields, location), entities in zip(batch, annotate_texts(self.nlp, [r[0] for r in batch],
+                                                                                self.batch_size)):
+                if isinstance(entities, AnnotationFailure):
+                    failed.append({"source": path, **location, "problem": f"cannot annotate ({entities})"})
+                else:
+                    rows.append({**fields, "entities": entities})
+                    words += len(text.split())
+        output_path = f"{self.output_dir}/{name}"
+        # The side file first: once the output exists, its input is done.
+        side_path = f"{output_path}.malformed.jsonl"
+        malformed = unreadable + failed
+        if malformed:
+            lines = "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in malformed).encode("utf-8")
+            write_atomically(self.output_fs, side_path, lambda stream: stream.write(lines))
+        elif self.output_fs.get_file_info(side_path).type == pyarrow.fs.FileType.File:
+            self.output_fs.delete_file(side_path)
+        write_output(self.output_fs, output_path, rows, self.output_format)
+        return {"input": uri, "output": output_path, "records": records_read + len(unreadable),
+                "annotated": len(rows), "malformed": len(malformed), "words": words}
+
+
+def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: int, cpus_per_worker: int,
+               gpus_per_worker: float, annotator_kwargs: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Ray Data hands each pending input file to one of WORKERS Annotator actors; Ray restarts an
+    actor that dies and retries its file. Returns a summary per file."""
+    import ray
+
+    # The workers import the project's scripts (annotation.py, long_texts.py, ...) from this directory.
+    ray.init(address=address or None, include_dashboard=False, runtime_env={"working_dir": str(SCRIPTS_DIR)},
+             log_to_driver=False)
+    if gpus_per_worker > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_worker:
+        typer.echo(f"Error: --gpus-per-worker {gpus_per_worker}, but the Ray cluster has no GPUs. "
+                   "Fix: run where Ray sees GPUs, or use --gpus-per-worker 0.", err=True)
+        raise typer.Exit(1)
+    try:
+        return ray.data.from_items(pending).map_batches(
+            Annotator, fn_constructor_kwargs=annotator_kwargs, batch_size=1, concurrency=workers,
+            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
+        ).take_all()
+    except ray.exceptions.RayError as err:
+        # A worker's one-line setup error (its GPU, say) comes back inside Ray's traceback.
+        setup_error = re.search(r"Cannot use GPU [^\n]*", str(err))
+        if not setup_error:
+            raise
+        typer.echo(f"Error: {setup_error.group(0)}", err=True)
+        raise typer.Exit(1)
+    finally:
+        ray.shutdown()  # so that no message of Ray's comes after the summary
+
+
+@app.command()
+def main(
+    input_uri: str = typer.Argument(..., metavar="INPUT", help="JSONL/Parquet file, directory or glob (local or URI)"),
+    output_dir: str = typer.Argument(..., help="Directory (local or URI) for one output file per input file"),
+    model: str = typer.Option("en_conll_distilbert", "--model", "-m", help="Installed package or pipeline dir"),
+    workers: int = typer.Option(1, "--workers", "-w", help="Ray actors, each holding the model once"),
+    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", help="CPUs (and torch threads) per actor"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs per actor; 0 runs on CPUs"),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (default: a local Ray)"),
+    output_format: str = typer.Option("parquet", "--format", help="parquet or jsonl"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Records per nlp.pipe batch"),
+    code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
+):
+    """Find PER, ORG, LOC and MISC entities in every record of INPUT, on Ray Data."""
+    if output_format not in ("parquet", "jsonl"):
+        raise typer.BadParameter("--format must be parquet or jsonl")
+    with one_line_errors():
+        input_fs, input_path = resolve(input_uri)
+        inputs = list_inputs(input_fs, input_path)
+    prefix = "" if isinstance(input_fs, pyarrow.fs.LocalFileSystem) else input_uri.split("://", 1)[0] + "://"
+    output_fs, output_path = resolve(output_dir)
+    output_fs.create_dir(output_path, recursive=True)
+    to_do = [{"input": prefix + path, "output": output_name(prefix + path, output_format)} for path in inputs]
+    done = {info.base_name for info in output_fs.get_file_info(pyarrow.fs.FileSelector(output_path))}
+    pending = [item for item in to_do if item["output"] not in done]
+    typer.echo(f"{len(inputs)} input file(s): {len(inputs) - len(pending)} already done, {len(pending)} to annotate",
+               err=True)
+    start = time.perf_counter()
+    summaries = []
+    if pending:
+        if gpus_per_worker > 0 and not address:
+            with one_line_errors():
+                check_device(0)
+        summaries = run_on_ray(pending, address, workers, cpus_per_worker, gpus_per_worker, {
+            "model": str(Path(model).resolve()) if Path(model).exists() else model,
+            "code_paths": ",".join(str(Path(p).resolve()) for p in filter(None, code_paths.split(","))),
+            "use_gpu": gpus_per_worker > 0, "batch_size": batch_size,
+            "output_dir": output_dir if "://" in output_dir else output_path, "output_format": output_format,
+            "threads": cpus_per_worker})
+    seconds = time.perf_counter() - start
+    totals = {key: sum(s[key] for s in summaries) for key in ("records", "annotated", "malformed", "words")}
+    summary = {"files": len(summaries), "skipped_files": len(inputs) - len(pending), **totals, "workers": workers,
+               "seconds": round(seconds, 2),
+               "words_per_second": round(totals["words"] / seconds, 1) if summaries else 0.0}
+    typer.echo(f"Annotated {totals['annotated']} of {totals['records']} record(s) in {len(summaries)} file(s), "
+               f"{totals['malformed']} malformed; {totals['words']} words in {seconds:.1f} s "
+               f"({summary['words_per_second']:.0f} words/s) on {workers} worker(s)", err=True)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app()

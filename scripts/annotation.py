@@ -1,0 +1,74 @@
+"""Records to entities, shared by predict.py and annotate_ray.py: one code path for every bulk
+annotation, so both read the same records and give the same entities, scores and offsets.
+
+Each entity has the fields of the Hugging Face token-classification pipeline: `entity_group`,
+`score` (`ent._.confidence`, rounded to 4 digits), `word`, and `start`/`end` as
+character offsets into the text, so `text[start:end] == word`. Texts over `nlp.max_length` are
+annotated whole, piece by piece (long_texts.py). A text that cannot be annotated, whatever the
+cause, costs only itself: its batch is redone text by text and the failure is returned in its place.
+"""
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+
+from long_texts import pipe_texts
+
+Entities = List[Dict[str, Any]]
+
+
+class AnnotationFailure(str):
+    """Why a text could not be annotated (in the place of its entities)."""
+
+
+def parse_jsonl_line(raw: bytes) -> Tuple[Optional[Tuple[str, Dict[str, Any]]], str]:
+    """(text, other fields), or None and what is wrong with the line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg})"
+    if not isinstance(record, dict):
+        return None, f"expected a JSON object, got {type(record).__name__}"
+    if not isinstance(record.get("text"), str):
+        return None, "no string field 'text'"
+    text = record.pop("text")
+    return (text, record), ""
+
+
+def doc_entities(doc: Doc) -> Entities:
+    has_confidence = Span.has_extension("confidence")
+    entities = []
+    for ent in doc.ents:
+        confidence = ent._.confidence if has_confidence else None
+        entities.append({
+            "entity_group": ent.label_,
+            "score": None if confidence is None else round(float(confidence), 4),
+            "word": ent.text,
+            "start": ent.start_char,
+            "end": ent.end_char,
+        })
+    return entities
+
+
+def failure(err: Exception) -> AnnotationFailure:
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return AnnotationFailure(f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__)
+
+
+def annotate_texts(nlp: Language, texts: Sequence[str], batch_size: int = 32) -> List[Union[Entities, AnnotationFailure]]:
+    """The entities of each text, in order, or an AnnotationFailure where a text cannot be annotated."""
+    try:
+        return [doc_entities(doc) for doc in pipe_texts(nlp, texts, batch_size=batch_size)]
+    except Exception:  # find the text(s) at fault; the others of the batch are annotated again, alone
+        results: List[Union[Entities, AnnotationFailure]] = []
+        for text in texts:
+            try:
+                results.append(doc_entities(next(pipe_texts(nlp, [text]))))
+            except Exception as err:
+                results.append(failure(err))
+        return results
