@@ -2,7 +2,8 @@
 the Hugging Face token-classification pipeline (aggregation_strategy="simple", the reference
 notebook's inference) on the same backbone and the same raw texts (the test split's documents).
 
-On the CPU (`--gpu-id -1`) both sides run in fp32 and in bf16; on a GPU both run in fp32 and in fp16,
+On the CPU (`--gpu-id -1`) both sides run in fp32, and in bf16 where the CPU has AMX or AVX512-BF16
+(elsewhere torch emulates bf16, far slower than fp32: it is not measured); on a GPU both run in fp32 and fp16,
 each as its users would: ours with the config's autocast switches (`cpu_bf16`, `mixed_precision`),
 the HF pipeline under `torch.autocast` on the CPU and with fp16 weights (`torch_dtype`) on a GPU.
 Variants run alternately, repetition after repetition, and each reports the median words/s.
@@ -22,7 +23,7 @@ import torch
 import typer
 from spacy.tokens import DocBin
 
-from project_util import atomic_write_text, import_code_paths, one_line_errors, use_device
+from project_util import atomic_write_text, cpu_has_native_bf16, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
 NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -82,16 +83,62 @@ def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: int) -> Ru
 
 def variants(model: str, backbone: str, gpu_id: int, batch_size: int,
              texts: List[str], sentences: List[str]) -> Dict[str, Tuple[Runner, List[str]]]:
-    low = "fp16" if gpu_id >= 0 else "bf16"
     hf_fp32 = hf_runner(backbone, "fp32", gpu_id, batch_size)
-    return {
-        f"ours_{low}": (spacy_runner(model, low, confidence=True, batch_size=batch_size), texts),
-        f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False, batch_size=batch_size), texts),
+    runs = {
         "ours_fp32": (spacy_runner(model, "fp32", confidence=True, batch_size=batch_size), texts),
-        f"hf_pipeline_{low}": (hf_runner(backbone, low, gpu_id, batch_size), texts),
+        "ours_fp32_no_confidence": (spacy_runner(model, "fp32", confidence=False, batch_size=batch_size), texts),
         "hf_pipeline_fp32": (hf_fp32, texts),
         "hf_pipeline_fp32_sentences": (hf_fp32, sentences),
     }
+    low = "fp16" if gpu_id >= 0 else "bf16"
+    if gpu_id >= 0 or cpu_has_native_bf16():
+        runs.update({
+            f"ours_{low}": (spacy_runner(model, low, confidence=True, batch_size=batch_size), texts),
+            f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False, batch_size=batch_size), texts),
+            f"hf_pipeline_{low}": (hf_runner(backbone, low, gpu_id, batch_size), texts),
+        })
+    return runs
+
+
+def component_seconds(model: str, texts: List[str], batch_size: int) -> Dict[str, float]:
+    """Where our fp32 time goes: the tokenizer, then each component over the Docs of the one before."""
+    nlp = spacy.load(model, config={"components.transformer.model.cpu_bf16": False})
+    start = time.perf_counter()
+    docs = [nlp.make_doc(text) for text in texts]
+    seconds = {"tokenizer": time.perf_counter() - start}
+    for name, component in nlp.pipeline:
+        start = time.perf_counter()
+        docs = list(component.pipe(docs, batch_size=batch_size))
+        seconds[name] = time.perf_counter() - start
+    return {name: round(value, 3) for name, value in seconds.items()}
+
+
+def compute_limit(backbone: str, texts: List[str], gpu_id: int) -> Dict[str, float]:
+    """How fast the backbone's forward pass over TEXTS could run at this machine's fp32 matrix
+    throughput (measured): 2 FLOPs per weight of the layers' matrices, plus the attention over 128
+    wordpieces, per wordpiece, without window overlap."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(backbone)
+    hidden = getattr(config, "hidden_size", None) or config.dim
+    ffn = getattr(config, "intermediate_size", None) or config.hidden_dim
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layers
+    flop_per_wordpiece = 2 * layers * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * layers * 128 * hidden
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    wordpieces = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    device = f"cuda:{gpu_id}" if gpu_id >= 0 else "cpu"
+    a = torch.randn(2048, 2048, device=device)
+    a @ a  # warm-up
+    start, runs = time.perf_counter(), 0
+    while time.perf_counter() - start < 2.0:
+        a @ a
+        runs += 1
+    if gpu_id >= 0:
+        torch.cuda.synchronize()
+    flops = runs * 2 * 2048 ** 3 / (time.perf_counter() - start)
+    return {"fp32_gflops": round(flops / 1e9, 1), "wordpieces": wordpieces,
+            "mflop_per_wordpiece": round(flop_per_wordpiece / 1e6, 2),
+            "seconds_at_the_limit": round(wordpieces * flop_per_wordpiece / flops, 3)}
 
 
 @app.command()
@@ -135,7 +182,9 @@ def main(
         "repetitions": repetitions,
         "batch_size": batch_size,
         "gpu_id": gpu_id,
-        "machine": machine_info(),
+        "machine": {**machine_info(), "native_bf16": cpu_has_native_bf16()},
+        "components_fp32_seconds": component_seconds(model, texts, batch_size),
+        "compute_limit": compute_limit(backbone, texts, gpu_id),
         "words_per_second": {name: round(n_words / statistics.median(s), 1) for name, s in seconds.items()},
         "seconds": {name: [round(x, 3) for x in s] for name, s in seconds.items()},
     }

@@ -1,57 +1,23 @@
 """Evaluate a trained pipeline on a DocBin split with its seqeval scorer and write the report:
-JSON (every score), a readable Markdown table, and a displaCy page of a sample of documents."""
+JSON (every score, the calibration of the confidences and the error counts), a readable Markdown
+table, a displaCy page of a sample of documents, and the HTML report (eval_report.py)."""
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import spacy
 import typer
 from spacy import displacy
 from spacy.scorer import Scorer
-from spacy.tokens import Span
-from spacy.training import Corpus, Example
+from spacy.training import Corpus
 from wasabi import msg
 
-from project_util import atomic_write_text, import_code_paths, one_line_errors, use_device
+from confidence_metrics import confidence_report
+from eval_report import error_analysis, render_report
+from project_util import Switch, atomic_write_text, import_code_paths, one_line_errors, resolve_switch, use_device
 
 app = typer.Typer(add_completion=False)
-
-
-CONFIDENCE_BINS = (0.0, 0.5, 0.9, 0.99, 1.0)
-
-
-def confidence_report(examples: List[Example]) -> Optional[Dict[str, Any]]:
-    """Mean `ent._.confidence` of correct and of wrong predicted entities, and precision per
-    confidence bin: does the confidence mean what it says?"""
-    if not Span.has_extension("confidence"):
-        return None
-    correct, wrong = [], []
-    for eg in examples:
-        gold = {(e.start, e.end, e.label_) for e in eg.reference.ents}
-        for ent in eg.predicted.ents:
-            if ent._.confidence is None:
-                return None
-            aligned = eg.get_aligned_spans_x2y([ent])
-            is_correct = bool(aligned) and (aligned[0].start, aligned[0].end, ent.label_) in gold
-            (correct if is_correct else wrong).append(ent._.confidence)
-    return {
-        "n_correct": len(correct),
-        "n_wrong": len(wrong),
-        "mean_confidence_correct": sum(correct) / len(correct) if correct else None,
-        "mean_confidence_wrong": sum(wrong) / len(wrong) if wrong else None,
-        "bins": [confidence_bin(correct, wrong, low, high) for low, high in zip(CONFIDENCE_BINS, CONFIDENCE_BINS[1:])],
-    }
-
-
-def confidence_bin(correct: List[float], wrong: List[float], low: float, high: float) -> Dict[str, Any]:
-    """How many entities have a confidence in [low, high) ([low, 1] for the last bin), and how many are right."""
-    def count(values: List[float]) -> int:
-        return sum(low <= value < high or value == high == 1.0 for value in values)
-
-    n_correct, n_wrong = count(correct), count(wrong)
-    n = n_correct + n_wrong
-    return {"range": [low, high], "entities": n, "precision": n_correct / n if n else None}
 
 
 def scores_table(scores: Dict[str, Any]) -> str:
@@ -61,6 +27,15 @@ def scores_table(scores: Dict[str, Any]) -> str:
     lines += [f"| {name} | {p:.4f} | {r:.4f} | {f:.4f} |" for name, p, r, f in rows]
     lines.append("")
     lines.append(f"Token accuracy: {scores['seqeval_accuracy']:.4f}. spaCy's ents_f: {scores['ents_f']:.4f}.")
+    confidence = scores["confidence"]
+    if confidence:
+        lines += ["", "Entity confidences (right: span and type match a gold entity):", "",
+                  "| | ECE | Brier | AUROC right vs wrong | mean confidence | precision |", "|---|---|---|---|---|---|"]
+        for name, key in (("before calibration", "uncalibrated"), ("after calibration", "calibrated")):
+            c = confidence[key]
+            auroc = f"{c['auroc']:.4f}" if c["auroc"] is not None else "n/a"
+            lines.append(f"| {name} | {c['ece']:.4f} | {c['brier']:.4f} | {auroc} | {c['mean_confidence']:.3f} "
+                         f"| {c['precision']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -71,16 +46,20 @@ def main(
     output_json: Path = typer.Option(..., "--output", "-o", help="JSON report with every score"),
     output_table: Optional[Path] = typer.Option(None, "--table", help="Markdown table of the seqeval scores"),
     html_path: Optional[Path] = typer.Option(None, "--html", help="displaCy page of the first documents"),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="Self-contained HTML report with charts"),
+    train_log: Optional[Path] = typer.Option(None, "--train-log", help="The training's train_log.jsonl, for the report"),
     n_html_docs: int = typer.Option(10, "--n-html-docs", help="How many documents the displaCy page shows"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files with registered functions"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
-    cpu_bf16: Optional[bool] = typer.Option(None, "--cpu-bf16/--no-cpu-bf16", help="Override the bf16 setting"),
+    cpu_bf16: Optional[Switch] = typer.Option(None, help="Override the bf16 setting: true, false or auto (where the "
+                                              "CPU has AMX or AVX512-BF16)"),
 ):
     """Score MODEL on DATA_PATH with the pipeline's own scorers (seqeval for the NER)."""
     import_code_paths(code_paths)
     with one_line_errors():
         use_device(gpu_id)
-    overrides = {} if cpu_bf16 is None else {"components.transformer.model.cpu_bf16": cpu_bf16}
+    bf16 = resolve_switch(cpu_bf16)
+    overrides = {} if bf16 is None else {"components.transformer.model.cpu_bf16": bf16}
     nlp = spacy.load(model, config=overrides)
     examples = list(Corpus(data_path)(nlp))
     start = time.perf_counter()
@@ -91,17 +70,19 @@ def main(
     scores["n_words"] = sum(len(eg.reference) for eg in examples)
     scores["seconds"] = round(time.perf_counter() - start, 2)
     scores["confidence"] = confidence_report(examples)
+    counts, confusion, _ = error_analysis(examples)
+    scores["errors"] = {"counts": dict(counts), "confusion": [[g, p, n] for (g, p), n in sorted(confusion.items())]}
     atomic_write_text(output_json, json.dumps(scores, indent=2) + "\n")
     table = scores_table(scores)
-    if scores["confidence"]:
-        c = scores["confidence"]
-        table += (f"Mean entity confidence: {c['mean_confidence_correct']:.3f} on {c['n_correct']} correct, "
-                  f"{c['mean_confidence_wrong']:.3f} on {c['n_wrong']} wrong entities.\n")
     if output_table:
         atomic_write_text(output_table, f"# {data_path.name}: seqeval, word level\n\n{table}")
+    sample = [eg.predicted for eg in examples[:n_html_docs]]
     if html_path:
-        docs = [eg.predicted for eg in examples[:n_html_docs]]
-        atomic_write_text(html_path, displacy.render(docs, style="ent", page=True))
+        atomic_write_text(html_path, displacy.render(sample, style="ent", page=True))
+    if report_path:
+        report = render_report(f"{model} on {data_path.name}", scores, examples,
+                               displacy.render(sample, style="ent", page=False), train_log)
+        atomic_write_text(report_path, report)
     msg.good(f"Scored {len(examples)} docs ({scores['n_words']} words) in {scores['seconds']} s")
     print(table)
 

@@ -8,6 +8,7 @@ from typing import Any, Dict, List
 
 import typer
 
+from benchmark_report import fmt, ratio
 from project_util import atomic_write_text, read_json, replace_between_markers
 
 app = typer.Typer(add_completion=False)
@@ -23,8 +24,9 @@ def results_table(results: List[Dict[str, Any]]) -> str:
     for r in results:
         lines.append(
             f"| {r['run']} | {r['gpu']} | {r['backbone']} | {r['train_steps']} | {r['train_words_per_second']:.0f} "
-            f"| {r['dev_f1']:.4f} | {r['test_f1']:.4f} | {r['words_per_second']:.0f} | {r['hf_words_per_second']:.0f} "
-            f"| **{r['speed_ratio']:.2f}x** | {r['words_per_second_fp32']:.0f} | {r['hf_words_per_second_fp32']:.0f} |"
+            f"| {r['dev_f1']:.4f} | {r['test_f1']:.4f} | {fmt(r['words_per_second'], '.0f')} "
+            f"| {fmt(r['hf_words_per_second'], '.0f')} | **{fmt(r['speed_ratio'], '.2f')}x** "
+            f"| {r['words_per_second_fp32']:.0f} | {r['hf_words_per_second_fp32']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -42,7 +44,7 @@ def main(
     speed = read_json(run_dir / "speed.json")
     meta = read_json(run_dir / "training" / "model-best" / "meta.json")
     wps = speed["words_per_second"]
-    # A dry run of gpu-check on the CPU (--vars.gpu_id -1) measures bf16 where the GPU measures fp16.
+    # A dry run of gpu-check on the CPU (--vars.gpu_id -1) measures bf16 (where the CPU has it) for fp16.
     low = "fp16" if speed["gpu_id"] >= 0 else "bf16"
     result = {
         "run": run_name,
@@ -56,12 +58,12 @@ def main(
         "test_f1": test["seqeval_f"],
         "test_per_type": test["seqeval_per_type"],
         "precision": low,
-        "words_per_second": wps[f"ours_{low}"],
-        "words_per_second_no_confidence": wps[f"ours_{low}_no_confidence"],
+        "words_per_second": wps.get(f"ours_{low}"),
+        "words_per_second_no_confidence": wps.get(f"ours_{low}_no_confidence"),
         "words_per_second_fp32": wps["ours_fp32"],
-        "hf_words_per_second": wps[f"hf_pipeline_{low}"],
+        "hf_words_per_second": wps.get(f"hf_pipeline_{low}"),
         "hf_words_per_second_fp32": wps["hf_pipeline_fp32"],
-        "speed_ratio": round(wps[f"ours_{low}"] / wps[f"hf_pipeline_{low}"], 3),
+        "speed_ratio": ratio(wps.get(f"ours_{low}"), wps.get(f"hf_pipeline_{low}")),
         "training_log": log,
         "speed": speed,
         "machine": speed["machine"],

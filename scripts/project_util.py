@@ -4,6 +4,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import IO, Any, Iterator, Optional
 
@@ -12,6 +13,26 @@ import typer
 from spacy.cli._util import import_code
 
 GPU_INSTALL = "pip install -r requirements-gpu.txt"
+
+
+class Switch(str, Enum):
+    """true, false, or auto: on where the hardware does it natively (cpu_bf16)."""
+
+    true = "true"
+    false = "false"
+    auto = "auto"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16: without them torch emulates bf16, far slower than fp32."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_switch(value: Optional[Switch]) -> Optional[bool]:
+    """None stays None (keep the config's value); auto means: does this CPU do bf16 natively?"""
+    return None if value is None else cpu_has_native_bf16() if value == Switch.auto else value == Switch.true
 
 
 class SetupError(RuntimeError):

@@ -6,7 +6,6 @@ the transformer can be loaded. Writes the wall time to <output_dir>/train_time.j
 line per dev evaluation to <output_dir>/train_log.jsonl (scripts/training_log.py)."""
 import json
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -16,14 +15,10 @@ from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train as spacy_train
 
 import training_log  # noqa: F401  (registers the training logger)
-from project_util import atomic_write_text, check_transformer, import_code_paths, one_line_errors, use_device
+from project_util import (Switch, atomic_write_text, check_transformer, import_code_paths, one_line_errors,
+                          resolve_switch, use_device)
 
 app = typer.Typer(add_completion=False)
-
-
-class Switch(str, Enum):
-    true = "true"
-    false = "false"
 
 
 def settings_overrides(
@@ -38,7 +33,7 @@ def settings_overrides(
     """The config values behind the options; an option left out keeps the config's value."""
     overrides = {
         "components.transformer.model.name": transformer,
-        "components.transformer.model.cpu_bf16": None if cpu_bf16 is None else cpu_bf16 == Switch.true,
+        "components.transformer.model.cpu_bf16": resolve_switch(cpu_bf16),
         "training.max_steps": max_steps,
         # The schedule ends with the training, so that the learning rate decays to zero at the last step.
         "training.optimizer.learn_rate.total_steps": max_steps,
@@ -60,7 +55,8 @@ def main(
     train_path: Optional[Path] = typer.Option(None, "--train", exists=True, help="Training DocBin (paths.train)"),
     dev_path: Optional[Path] = typer.Option(None, "--dev", exists=True, help="Dev DocBin (paths.dev)"),
     transformer: Optional[str] = typer.Option(None, help="Hub name or local save_pretrained directory"),
-    cpu_bf16: Optional[Switch] = typer.Option(None, help="bf16 autocast for the transformer on the CPU"),
+    cpu_bf16: Optional[Switch] = typer.Option(None, help="bf16 autocast for the transformer on the CPU (auto: "
+                                              "where the CPU has AMX or AVX512-BF16)"),
     max_steps: Optional[int] = typer.Option(None, help="Training steps; the learning rate reaches zero at the last"),
     eval_frequency: Optional[int] = typer.Option(None, help="Score dev every this many steps"),
     learn_rate: Optional[float] = typer.Option(None, help="Peak learning rate"),

@@ -161,3 +161,21 @@ def run_in_clean_process(site: Path, code: str, *args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(site)}
     stdout = run_checked([sys.executable, "-c", code, *args], cwd=site.parent, env=env).stdout
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    pytest.fail("Chromium is needed for the rendering test: apt-get install chromium (.ci/run does)")
+
+
+def rendered_dom(html: Path, tmp_path: Path) -> str:
+    result = subprocess.run(
+        [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+         "--dump-dom", html.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout

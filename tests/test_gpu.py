@@ -44,7 +44,7 @@ def test_evaluate_on_gpu_scores_like_the_cpu(project, tmp_path):
     gpu_scores = json.loads(output.read_text())
     cpu_scores = json.loads((project / "metrics/test.json").read_text())
     assert gpu_scores["seqeval_f"] == pytest.approx(cpu_scores["seqeval_f"], abs=0.02)
-    assert gpu_scores["confidence"]["n_correct"] > 0
+    assert gpu_scores["confidence"]["calibrated"]["entities"] > 0
 
 
 ENTITIES = """

@@ -3,13 +3,12 @@ bulk against single, long documents, odd text, malformed lines, and the displaCy
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import CODE, make_sentence, run_checked
+from conftest import CODE, make_sentence, rendered_dom, run_checked
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -196,24 +195,6 @@ def test_fuzzed_input_never_crashes(nlp, pieces):
     for ent in doc.ents:
         assert text[ent.start_char:ent.end_char] == ent.text
         assert 0.0 <= ent._.confidence <= 1.0
-
-
-def find_chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    pytest.fail("Chromium is needed for the rendering test: apt-get install chromium (.ci/run does)")
-
-
-def rendered_dom(html: Path, tmp_path: Path) -> str:
-    result = subprocess.run(
-        [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-         "--dump-dom", html.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def test_displacy_pages_render_entity_labels(project, tmp_path):

@@ -1,9 +1,15 @@
-"""The real workflow end to end, offline: convert -> train on the CPU -> assemble -> evaluate ->
-package -> install the wheel -> spacy.load("en_conll_distilbert") -> doc.ents."""
+"""The real workflow end to end, offline: convert -> train on the CPU -> assemble -> calibrate ->
+evaluate -> package -> install the wheel -> spacy.load("en_conll_distilbert") -> doc.ents, the
+report, the model card."""
+import html
 import json
+import re
 
+import numpy
 import yaml
-from conftest import ROOT, project_run_all, run_in_clean_process
+from conftest import ROOT, project_run_all, rendered_dom, run_in_clean_process
+
+from entity_confidence import Calibration
 
 
 def test_workflow_outputs(project):
@@ -16,12 +22,41 @@ def test_workflow_outputs(project):
     # The sample data is easy: 60 steps must teach even the 1-layer model most entities.
     assert scores["seqeval_f"] > 0.6
     assert "| **overall** |" in (project / "metrics/test.md").read_text()
-    confidence = scores["confidence"]
-    assert confidence["n_correct"] > 0
-    assert sum(b["entities"] for b in confidence["bins"]) == confidence["n_correct"] + confidence["n_wrong"]
-    assert 0.0 <= confidence["mean_confidence_correct"] <= 1.0
+    for key in ("calibrated", "uncalibrated"):
+        confidence = scores["confidence"][key]
+        assert sum(b["entities"] for b in confidence["reliability"]) == confidence["entities"] > 0
+        assert 0.0 <= confidence["ece"] <= 1.0 and 0.0 <= confidence["brier"] <= 1.0
+        assert 0.0 <= confidence["mean_confidence_right"] <= 1.0
+    errors = scores["errors"]["counts"]
+    assert errors["right"] + errors.get("wrong type", 0) + errors.get("too short", 0) + errors.get("too long", 0) \
+        + errors.get("overlapping", 0) + errors.get("spurious", 0) == scores["confidence"]["calibrated"]["entities"]
     train_time = json.loads((project / "training/train_time.json").read_text())
     assert train_time["train_seconds"] > 0 and train_time["gpu_id"] == -1
+
+
+def test_training_writes_its_log(project):
+    log = [json.loads(line) for line in (project / "training/train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log] == [0, 20, 40, 60]
+    assert all(b["seconds"] > a["seconds"] and b["words"] > a["words"] for a, b in zip(log, log[1:]))
+    assert set(log[-1]["losses"]) == {"transformer", "ner"}
+    assert 0.0 <= log[-1]["scores"]["seqeval_f"] <= 1.0 and set(log[-1]["per_type"]["seqeval_per_type"]) <= {
+        "PER", "ORG", "LOC", "MISC"}
+
+
+def test_calibration_is_fitted_on_dev_and_kept_in_the_pipeline(project):
+    fit = json.loads((project / "metrics/calibration_dev.json").read_text())
+    assert fit["split"].endswith("dev.spacy")
+    before, after = fit["uncalibrated"], fit["calibrated"]
+    # Isotonic regression fits the dev outcomes at least as well as the identity, a monotone map too.
+    assert after["brier"] <= before["brier"] + 1e-9
+    assert after["ece"] <= before["ece"] + 1e-9
+    stored = json.loads((project / "training/model-release/entity_confidence/calibration.json").read_text())
+    assert len(stored["x"]) == len(stored["y"]) == fit["points"] >= 2
+    # The stored map is strictly increasing, so it keeps the order of the entities (beam probabilities
+    # that differ by less than float precision near 1.0 may become equal).
+    calibration = Calibration(stored["x"], stored["y"])
+    mapped = [calibration(p) for p in numpy.linspace(0.0, 1.0, 10_001)]
+    assert all(b > a for a, b in zip(mapped, mapped[1:]))
 
 
 def test_model_selection_uses_the_seqeval_scorer(project):
@@ -33,7 +68,7 @@ def test_model_selection_uses_the_seqeval_scorer(project):
 
 def test_rerun_skips_finished_steps(project, tiny_transformer, conll_dir):
     result = project_run_all(project, tiny_transformer, conll_dir)
-    assert result.stdout.count("Skipping") == 5, result.stdout
+    assert result.stdout.count("Skipping") == 6, result.stdout
 
 
 def test_installed_package_loads_anywhere(installed_model):
@@ -88,3 +123,66 @@ def test_defaults_are_distilbert_on_gpu_from_the_hub():
     assert project_vars["transformer"] == "distilbert-base-cased"
     assert project_vars["gpu_id"] == 0 and project_vars["conll_dir"] == ""
     assert (project_vars["hub_id"], project_vars["hub_revision"]) == ("eriktks/conll2003", "refs/convert/parquet")
+
+
+def test_installed_model_card(installed_model):
+    info = run_in_clean_process(installed_model, """
+import json, pathlib, spacy
+nlp = spacy.load("en_conll_distilbert")
+package_dir = pathlib.Path(spacy.util.get_package_path("en_conll_distilbert"))
+print(json.dumps({"meta": nlp.meta, "readme": next(package_dir.glob("*/README.md")).read_text()}))
+""")
+    meta, readme = info["meta"], info["readme"]
+    assert meta["description"].startswith("English named entities (PER, ORG, LOC, MISC)")
+    assert [source["name"] for source in meta["sources"]][0] == "distilbert-base-cased"
+    assert "CoNLL-2003" in meta["sources"][1]["name"] and "Reuters" in meta["sources"][1]["license"]
+    assert "MIT" in meta["license"] and "Apache-2.0" in meta["license"]
+    assert meta["calibration"]["calibrated"]["ece"] == meta["test_performance"]["confidence"]["calibrated"]["ece"]
+    test, dev = meta["test_performance"], meta["performance"]
+    for text in (
+        meta["description"], "Sources", "distilbert-base-cased", "CoNLL-2003",
+        "Scores on the **test** split", f"| **overall** | {test['seqeval_p']:.4f} | {test['seqeval_r']:.4f} "
+        f"| {test['seqeval_f']:.4f} |", f"| MISC | {test['seqeval_per_type']['MISC']['p']:.4f}",
+        "Confidence calibration on the **test** split", f"{test['confidence']['calibrated']['ece']:.4f}",
+        f"{test['confidence']['uncalibrated']['ece']:.4f}", "Scores on the **dev** split",
+        f"| **overall** | {dev['seqeval_p']:.4f} | {dev['seqeval_r']:.4f} | {dev['seqeval_f']:.4f} |",
+        'spacy.load("en_conll_distilbert")', "ent._.confidence", "Intended use and limits", "English news",
+        "license Apache-2.0", "Code (the project and the code bundled in this package): MIT",
+    ):
+        assert text in readme, text
+    assert "n/a" not in readme and "TRANSFORMER_LOSS" not in readme
+
+
+# Appended to a copy of the report: after layout, write each chart's rendered size, the number of
+# its drawn shapes and its text into the DOM, which Chromium then dumps.
+CHART_PROBE = """<script>
+document.body.setAttribute("data-charts", JSON.stringify([...document.querySelectorAll(".chart")].map(chart => {
+  const svg = chart.querySelector("svg");
+  const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
+  return {id: chart.id, width: box.width, height: box.height,
+          shapes: svg ? svg.querySelectorAll("path, rect, line, use").length : 0,
+          text: svg ? [...svg.querySelectorAll("text")].map(t => t.textContent).join(" | ") : ""};
+})));
+</script>"""
+
+
+def test_report_renders_every_chart(project, tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text((project / "metrics/report.html").read_text().replace("</body>", CHART_PROBE + "</body>"))
+    dom = rendered_dom(page, tmp_path)
+    charts = {c["id"]: c for c in json.loads(html.unescape(re.search(r'data-charts="([^"]*)"', dom).group(1)))}
+    assert set(charts) == {"scores-chart", "reliability-chart", "training-chart"}
+    for chart in charts.values():
+        assert chart["width"] > 300 and chart["height"] > 150 and chart["shapes"] > 10, chart
+    for label in ("PER", "ORG", "LOC", "MISC", "overall", "precision", "recall", "F1"):
+        assert label in charts["scores-chart"]["text"], label
+    for label in ("before calibration", "after calibration", "perfect calibration", "precision in the bin"):
+        assert label in charts["reliability-chart"]["text"], label
+    for label in ("dev seqeval F1", "step", "transformer", "ner"):
+        assert label in charts["training-chart"]["text"], label
+    assert "<h2>Error analysis</h2>" in dom and "gold \\ predicted" in dom
+    errors = json.loads((project / "metrics/test.json").read_text())["errors"]["counts"]
+    if set(errors) - {"right"}:  # examples of the errors, the gold and the predicted entities marked
+        assert 'class="example"' in dom and '<mark class="gold">' in dom and '<mark class="pred">' in dom
+    sample = dom[dom.index('id="displacy"'):]
+    assert "<mark" in sample and ">PER</span>" in sample
