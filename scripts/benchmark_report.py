@@ -18,8 +18,8 @@ def ratio(ours: Optional[float], theirs: Optional[float]) -> Optional[float]:
     return round(ours / theirs, 3) if ours and theirs else None
 
 
-def fmt(value: Optional[float], spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+def fmt(value: Optional[float], spec: str, unit: str = "") -> str:
+    return "n/a" if value is None else format(value, spec) + unit
 
 
 def first_time_above(curve: List[Dict[str, Any]], f1: float) -> Optional[float]:
@@ -42,9 +42,9 @@ def results_table(results: List[Dict[str, Any]]) -> str:
         per_type = r["test_per_type"]
         speed.append(
             f"| {r['run']} | {r['machine']['cpu']} | {fmt(r['words_per_second_fp32'], '.0f')} "
-            f"| {fmt(r['hf_words_per_second'], '.0f')} | **{fmt(r['ratio_fp32'], '.2f')}x** "
+            f"| {fmt(r['hf_words_per_second'], '.0f')} | **{fmt(r['ratio_fp32'], '.2f', 'x')}** "
             f"| {fmt(r['words_per_second_bf16'], '.0f')} | {fmt(r['hf_bf16_words_per_second'], '.0f')} "
-            f"| **{fmt(r['ratio_bf16'], '.2f')}x** | {fmt(r['words_per_second_fp32_no_confidence'], '.0f')} "
+            f"| **{fmt(r['ratio_bf16'], '.2f', 'x')}** | {fmt(r['words_per_second_fp32_no_confidence'], '.0f')} "
             f"| {fmt(r['hf_words_per_second_sentences'], '.0f')} |"
         )
         accuracy.append(

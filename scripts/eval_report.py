@@ -82,6 +82,7 @@ def training_chart(log: List[Dict[str, Any]]) -> str:
         loss_axes.plot(steps, [line["losses"][name] for line in log], marker=".", label=name)
     loss_axes.set_xlabel("step")
     loss_axes.set_ylabel("loss since the last evaluation")
+    loss_axes.set_yscale("log")  # the first evaluations dwarf the later ones
     loss_axes.set_title("Training losses")
     loss_axes.legend(fontsize=8)
     return svg(figure)

@@ -25,7 +25,7 @@ def results_table(results: List[Dict[str, Any]]) -> str:
         lines.append(
             f"| {r['run']} | {r['gpu']} | {r['backbone']} | {r['train_steps']} | {r['train_words_per_second']:.0f} "
             f"| {r['dev_f1']:.4f} | {r['test_f1']:.4f} | {fmt(r['words_per_second'], '.0f')} "
-            f"| {fmt(r['hf_words_per_second'], '.0f')} | **{fmt(r['speed_ratio'], '.2f')}x** "
+            f"| {fmt(r['hf_words_per_second'], '.0f')} | **{fmt(r['speed_ratio'], '.2f', 'x')}** "
             f"| {r['words_per_second_fp32']:.0f} | {r['hf_words_per_second_fp32']:.0f} |"
         )
     return "\n".join(lines)
