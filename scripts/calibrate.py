@@ -10,7 +10,7 @@ import typer
 from sklearn.isotonic import IsotonicRegression
 from spacy.training import Corpus
 
-from confidence_metrics import calibration_summary, entity_outcomes
+from confidence_metrics import annotate, calibration_summary, entity_outcomes
 from project_util import atomic_write_text, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
@@ -31,10 +31,7 @@ def main(
     nlp = spacy.load(model_dir)
     component = nlp.get_pipe("entity_confidence")
     component.set_calibration(None, None)  # the fit reads the beam's own probabilities
-    examples = list(Corpus(dev_path)(nlp))
-    for eg, doc in zip(examples, nlp.pipe(eg.predicted for eg in examples)):
-        eg.predicted = doc
-    outcomes = entity_outcomes(examples)
+    outcomes = entity_outcomes(annotate(nlp, list(Corpus(dev_path)(nlp))))
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     isotonic.fit(outcomes["raw"], outcomes["right"].astype(float))
     component.set_calibration(isotonic.X_thresholds_.tolist(), isotonic.y_thresholds_.tolist())

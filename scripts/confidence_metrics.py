@@ -10,9 +10,17 @@ from typing import Any, Dict, List, Optional
 
 import numpy
 from sklearn.metrics import brier_score_loss, roc_auc_score
+from spacy.language import Language
 from spacy.training import Example
 
 N_BINS = 10
+
+
+def annotate(nlp: Language, examples: List[Example]) -> List[Example]:
+    """EXAMPLES with their predicted Docs annotated by NLP (in place), for the scorers."""
+    for eg, doc in zip(examples, nlp.pipe(eg.predicted for eg in examples)):
+        eg.predicted = doc
+    return examples
 
 
 def entity_outcomes(examples: List[Example]) -> Optional[Dict[str, numpy.ndarray]]:

@@ -13,7 +13,7 @@ from spacy.scorer import Scorer
 from spacy.training import Corpus
 from wasabi import msg
 
-from confidence_metrics import confidence_report
+from confidence_metrics import annotate, confidence_report
 from eval_report import error_analysis, render_report
 from project_util import Switch, atomic_write_text, import_code_paths, one_line_errors, resolve_switch, use_device
 
@@ -63,8 +63,7 @@ def main(
     nlp = spacy.load(model, config=overrides)
     examples = list(Corpus(data_path)(nlp))
     start = time.perf_counter()
-    for eg, doc in zip(examples, nlp.pipe(eg.predicted for eg in examples)):
-        eg.predicted = doc
+    annotate(nlp, examples)
     scores = Scorer(nlp).score(examples)
     scores["n_docs"] = len(examples)
     scores["n_words"] = sum(len(eg.reference) for eg in examples)

@@ -5,6 +5,7 @@ with `spacy train`. Before any heavy work it checks that the GPU asked for can b
 the transformer can be loaded. Writes the wall time to <output_dir>/train_time.json and a JSONL
 line per dev evaluation to <output_dir>/train_log.jsonl (scripts/training_log.py)."""
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -62,6 +63,8 @@ def main(
     learn_rate: Optional[float] = typer.Option(None, help="Peak learning rate"),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps"),
     batch_size: Optional[int] = typer.Option(None, help="Padded words per batch"),
+    keep_checkpoints: Optional[Path] = typer.Option(None, help="Keep the pipeline of every evaluation here, "
+                                                    "as step-<N> (for the benchmark's test F1 curve)"),
 ):
     import_code_paths(code_paths)
     overrides = {
@@ -69,6 +72,7 @@ def main(
         **({"paths.train": str(train_path)} if train_path else {}),
         **({"paths.dev": str(dev_path)} if dev_path else {}),
         "training.logger.log_path": str(output_dir / "train_log.jsonl"),
+        **({"training.logger.checkpoints": str(keep_checkpoints)} if keep_checkpoints else {}),
         **parse_config_overrides(ctx.args),
     }
     if gpu_id >= 0:
@@ -77,6 +81,8 @@ def main(
     with one_line_errors():
         use_device(gpu_id)
         check_transformer(config["components"]["transformer"]["model"]["name"])
+    if keep_checkpoints and keep_checkpoints.exists():
+        shutil.rmtree(keep_checkpoints)  # a curve of this training only
     start = time.perf_counter()
     spacy_train(config_path, output_dir, use_gpu=gpu_id, overrides=overrides)
     seconds = time.perf_counter() - start

@@ -1,6 +1,8 @@
 """The training logger "conll.TrainingLogger.v1": spaCy's console table (with its progress bar to
 the next dev evaluation) plus a JSONL log, one line per evaluation, with what the console table
 drops: the wall time, the words trained on so far and every dev score, per type included.
+With `checkpoints` set, it also keeps the pipeline of every evaluation as <checkpoints>/step-<N>,
+so that a benchmark can score the model it had at any point of the dev curve.
 
 The progress bar only shows on a terminal (tqdm turns itself off otherwise), so CI logs keep
 one table row per evaluation.
@@ -33,7 +35,7 @@ def log_line(info: Dict[str, Any], wall_seconds: float) -> Dict[str, Any]:
 
 
 @registry.loggers("conll.TrainingLogger.v1")
-def training_logger(log_path: Optional[str] = None, progress_bar: bool = True):
+def training_logger(log_path: Optional[str] = None, progress_bar: bool = True, checkpoints: Optional[str] = None):
     console_logger = registry.loggers.get("spacy.ConsoleLogger.v3")(
         progress_bar="eval" if progress_bar else None, console_output=True, output_file=None
     )
@@ -44,10 +46,14 @@ def training_logger(log_path: Optional[str] = None, progress_bar: bool = True):
         if log_path:
             Path(log_path).parent.mkdir(parents=True, exist_ok=True)
             output = open(log_path, "w", encoding="utf-8")
+        if checkpoints:
+            Path(checkpoints).mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
 
         def log_step(info: Optional[Dict[str, Any]]) -> None:
             log_console(info)
+            if info is not None and checkpoints:
+                nlp.to_disk(Path(checkpoints) / f"step-{info['step']}")
             if info is not None and output is not None:
                 output.write(json.dumps(log_line(info, time.perf_counter() - start)) + "\n")
                 output.flush()

@@ -97,7 +97,7 @@ def conll_dir(tmp_path_factory) -> Path:
 
 
 PROJECT_FILES = ["project.yml", "configs", "scripts", "examples"]
-CODE = "scripts/seqeval_scorer.py,scripts/bf16_transformer.py,scripts/entity_confidence.py,scripts/long_texts.py"
+CODE = "scripts/seqeval_scorer.py,scripts/transformer_model.py,scripts/entity_confidence.py,scripts/long_texts.py"
 
 
 def run_checked(cmd, cwd, env=None, input_text=None):
@@ -136,7 +136,7 @@ def project(tmp_path_factory, tiny_transformer, conll_dir) -> Path:
 @pytest.fixture(scope="session")
 def nlp(project):
     """The release pipeline (with entity confidences), loaded in this process."""
-    import bf16_transformer  # noqa: F401  (registers the pipeline's functions)
+    import transformer_model  # noqa: F401  (registers the pipeline's functions)
     import entity_confidence  # noqa: F401
     import seqeval_scorer  # noqa: F401
     import spacy

@@ -57,7 +57,7 @@ def ray_model(project, tmp_path_factory):
     model = root / "model"
     run_checked([sys.executable, "-c", f"""
 import sys; sys.path[:0] = ["scripts", {str(root)!r}]
-import bf16_transformer, entity_confidence, seqeval_scorer, test_components, spacy
+import transformer_model, entity_confidence, seqeval_scorer, test_components, spacy
 nlp = spacy.load("training/model-release")
 nlp.add_pipe("die_once", config={{"flag_path": {str(root / "died")!r}}})
 nlp.to_disk({str(model)!r})

@@ -249,7 +249,7 @@ def fail_on_boom(doc):
     model = tmp_path / "model"
     run_checked([sys.executable, "-c", f"""
 import sys; sys.path[:0] = ["scripts", {str(tmp_path)!r}]
-import bf16_transformer, entity_confidence, failing, seqeval_scorer, spacy
+import transformer_model, entity_confidence, failing, seqeval_scorer, spacy
 nlp = spacy.load("training/model-release")
 nlp.add_pipe("fail_on_boom")
 nlp.to_disk({str(model)!r})

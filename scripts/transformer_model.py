@@ -1,0 +1,134 @@
+"""spacy-transformers' TransformerModel with two additions, registered as "conll.TransformerModel.v1".
+
+Inference by length: spacy-transformers pads every window of a batch to the longest one, so a
+batch of full 128-token windows and short tail windows is about half padding. At inference this
+model sorts the windows by wordpiece length and runs them in groups of at most
+`predict_wordpieces` padded wordpieces, each group padded only to its own longest window. The
+outputs are put back in the original order and shape, so what follows sees the same tensors.
+Training (which backpropagates through one call) is unchanged.
+
+bf16 on the CPU: CPUs with AMX or AVX512-BF16 run bf16 matrix products several times faster than
+fp32. `mixed_precision` only autocasts on CUDA, so with `cpu_bf16 = true` the transformer's
+forward pass (and so its backward pass) runs under `torch.autocast("cpu", torch.bfloat16)`
+whenever the weights are on the CPU; the weights and the optimizer stay fp32, and the outputs are
+cast back to fp32 for the layers that follow. Switch it off at load time with
+`spacy.load(name, config={"components": {"transformer": {"model": {"cpu_bf16": False}}}})`.
+
+Bundled into the packaged model with `spacy package --code`: it imports only installed libraries.
+"""
+from typing import Any, Callable, List, Tuple
+
+import numpy
+import torch
+from spacy.tokens import Doc
+from spacy.util import registry
+from spacy_transformers.data_classes import FullTransformerBatch, WordpieceBatch
+from thinc.api import Model
+from thinc.layers.pytorchwrapper import forward as pytorch_forward
+
+Forward = Callable[[Model, WordpieceBatch, bool], Tuple[Any, Callable]]
+
+
+def cpu_bf16_forward(model: Model, wordpieces: WordpieceBatch, is_train: bool) -> Tuple[Any, Callable]:
+    if model.shims[0]._model.device.type != "cpu":
+        return pytorch_forward(model, wordpieces, is_train)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model_output, backprop = pytorch_forward(model, wordpieces, is_train)
+    # In place: the backprop callback reads the same ModelOutput, so the gradient flows
+    # through the fp32 cast into the bf16 graph.
+    for key, value in model_output.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            model_output[key] = value.float()
+    return model_output, backprop
+
+
+def groups_by_length(lengths: List[int], max_padded: int) -> List[numpy.ndarray]:
+    """Row indices, longest rows first, cut into groups whose padded size fits in max_padded
+    (a row longer than that is a group of its own)."""
+    order = numpy.argsort(-numpy.asarray(lengths), kind="stable")
+    groups, start = [], 0
+    while start < len(order):
+        rows = max(1, max_padded // max(1, lengths[order[start]]))
+        groups.append(order[start:start + rows])
+        start += rows
+    return groups
+
+
+def select_rows(wordpieces: WordpieceBatch, rows: numpy.ndarray) -> WordpieceBatch:
+    width = max(wordpieces.lengths[i] for i in rows)
+    return WordpieceBatch(
+        strings=[wordpieces.strings[i] for i in rows],
+        input_ids=wordpieces.input_ids[rows, :width],
+        attention_mask=wordpieces.attention_mask[rows, :width],
+        lengths=[wordpieces.lengths[i] for i in rows],
+        token_type_ids=None if wordpieces.token_type_ids is None else wordpieces.token_type_ids[rows, :width],
+    )
+
+
+def scatter(pieces: List[Tuple[torch.Tensor, torch.Tensor]], n_rows: int, width: int) -> torch.Tensor:
+    """One tensor of N_ROWS rows from (row index, tensor) pieces; the sequence axis of a
+    (rows, wordpieces, hidden) tensor is zero-padded to WIDTH."""
+    first = pieces[0][1]
+    sequence = first.dim() == 3
+    merged = first.new_zeros((n_rows, width, *first.shape[2:]) if sequence else (n_rows, *first.shape[1:]))
+    for index, value in pieces:
+        if sequence:
+            merged[index, : value.shape[1]] = value
+        else:
+            merged[index] = value
+    return merged
+
+
+def by_length(forward: Forward, max_padded: int) -> Forward:
+    """FORWARD, run at inference on groups of rows of similar length (see the module's doc)."""
+
+    def predict_by_length(model: Model, wordpieces: WordpieceBatch, is_train: bool) -> Tuple[Any, Callable]:
+        # Attention maps have two sequence axes: with output_attentions, one padded batch.
+        if is_train or max_padded <= 0 or len(wordpieces) == 0 or model.shims[0]._model.config.output_attentions:
+            return forward(model, wordpieces, is_train)
+        n_rows, width = wordpieces.input_ids.shape
+        groups = []
+        for rows in groups_by_length(wordpieces.lengths, max_padded):
+            output, _ = forward(model, select_rows(wordpieces, rows), is_train)
+            groups.append((torch.as_tensor(rows, device=output["last_hidden_state"].device), output))
+        merged = {}
+        for key, value in groups[0][1].items():
+            if isinstance(value, tuple):  # hidden_states: one tensor per layer
+                merged[key] = tuple(scatter([(index, output[key][layer]) for index, output in groups], n_rows, width)
+                                    for layer in range(len(value)))
+            else:
+                merged[key] = scatter([(index, output[key]) for index, output in groups], n_rows, width)
+        return type(groups[0][1])(**merged), predict_only
+
+    return predict_by_length
+
+
+def predict_only(_: Any) -> None:
+    raise ValueError("conll.TransformerModel.v1: the grouped forward pass is for inference only")
+
+
+@registry.architectures("conll.TransformerModel.v1")
+def create_transformer_model(
+    name: str,
+    get_spans: Callable,
+    tokenizer_config: dict = {},
+    transformer_config: dict = {},
+    mixed_precision: bool = False,
+    grad_scaler_config: dict = {},
+    cpu_bf16: bool = False,
+    predict_wordpieces: int = 4096,
+) -> Model[List[Doc], FullTransformerBatch]:
+    """spacy-transformers.TransformerModel.v3, plus `cpu_bf16`, plus inference in groups of
+    windows of similar length, at most `predict_wordpieces` padded wordpieces a forward pass
+    (0: one padded batch, as TransformerModel.v3 does)."""
+    model = registry.architectures.get("spacy-transformers.TransformerModel.v3")(
+        name,
+        get_spans=get_spans,
+        tokenizer_config=tokenizer_config,
+        transformer_config=transformer_config,
+        mixed_precision=mixed_precision,
+        grad_scaler_config=grad_scaler_config,
+    )
+    transformer = model.layers[0]
+    transformer._func = by_length(cpu_bf16_forward if cpu_bf16 else pytorch_forward, predict_wordpieces)
+    return model

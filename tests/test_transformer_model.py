@@ -1,0 +1,84 @@
+import random
+
+import numpy
+import spacy
+from conftest import make_sentence
+from spacy.training import Example
+
+
+def load(project, cpu_bf16: bool):
+    return spacy.load(project / "training" / "model-best", config={"components.transformer.model.cpu_bf16": cpu_bf16})
+
+
+def test_bf16_inference_matches_fp32(project, nlp):  # nlp: registers the pipeline's functions
+    text = " ".join(w for w, _ in make_sentence(random.Random(7)))
+    fp32_doc, bf16_doc = load(project, False)(text), load(project, True)(text)
+    fp32_out = fp32_doc._.trf_data.model_output.last_hidden_state
+    bf16_out = bf16_doc._.trf_data.model_output.last_hidden_state
+    assert bf16_out.dtype == numpy.float32 and bf16_out.shape == fp32_out.shape
+    # bf16 keeps 8 bits of mantissa: close to fp32, yet not equal (so the autocast did run).
+    assert numpy.abs(bf16_out - fp32_out).max() < 0.1 * numpy.abs(fp32_out).max()
+    assert not numpy.array_equal(bf16_out, fp32_out)
+    assert [(e.start, e.end, e.label_) for e in bf16_doc.ents] == [(e.start, e.end, e.label_) for e in fp32_doc.ents]
+
+
+def test_bf16_training_step_updates_the_transformer(project, nlp):
+    model = load(project, True)
+    rng = random.Random(9)
+    examples = []
+    for _ in range(4):
+        sentence = make_sentence(rng)
+        words = [w for w, _ in sentence]
+        examples.append(Example.from_dict(model.make_doc(" ".join(words)), {"words": words,
+                                                                             "entities": [t for _, t in sentence]}))
+    hf_model = model.get_pipe("transformer").model.layers[0].shims[0]._model
+    before = [p.detach().clone() for p in hf_model.parameters()]
+    optimizer = model.resume_training()
+    for _ in range(3):
+        losses = model.update(examples, sgd=optimizer)
+        optimizer.step_schedules()  # the warm-up starts at a learning rate of 0
+    after = list(hf_model.parameters())
+    assert numpy.isfinite(losses["transformer"]) and numpy.isfinite(losses["ner"])
+    assert all(str(p.dtype) == "torch.float32" for p in after)
+    assert any(not bool((b == a.detach()).all()) for b, a in zip(before, after))
+
+
+def test_groups_by_length_cut_the_longest_rows_first():
+    from transformer_model import groups_by_length
+
+    groups = groups_by_length([5, 9, 3, 9], max_padded=18)
+    assert [list(group) for group in groups] == [[1, 3], [0, 2]]
+    # A row longer than the budget is a group of its own.
+    assert [list(group) for group in groups_by_length([30, 2], max_padded=18)] == [[0], [1]]
+
+
+def test_inference_by_length_gives_the_one_batch_outputs(project, nlp, monkeypatch):
+    import transformer_model
+
+    group_sizes = []
+
+    def recording_groups(lengths, max_padded):
+        groups = groups_by_length(lengths, max_padded)
+        group_sizes.extend(len(group) for group in groups)
+        return groups
+
+    groups_by_length = transformer_model.groups_by_length
+    monkeypatch.setattr(transformer_model, "groups_by_length", recording_groups)
+    rng = random.Random(11)
+    # Documents of 1 to 12 sentences: windows of many lengths, several windows in the long ones.
+    texts = [" ".join(w for _ in range(n) for w, _ in make_sentence(rng)) for n in (1, 12, 3, 7, 2, 12)]
+    one_batch = spacy.load(project / "training" / "model-best",
+                           config={"components.transformer.model.predict_wordpieces": 0})
+    # A budget of 64 padded wordpieces: every batch is cut into several groups.
+    grouped = spacy.load(project / "training" / "model-best",
+                         config={"components.transformer.model.predict_wordpieces": 64})
+    grouped_docs = list(grouped.pipe(texts))
+    for a, b in zip(one_batch.pipe(texts), grouped_docs):
+        mask = a._.trf_data.wordpieces.attention_mask.astype(bool)
+        a_out, b_out = a._.trf_data.model_output.last_hidden_state, b._.trf_data.model_output.last_hidden_state
+        assert a_out.shape == b_out.shape
+        assert numpy.allclose(a_out[mask], b_out[mask], atol=1e-5)
+        assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents]
+    # Only the grouped model cut its batch, into several groups that hold each window once.
+    assert len(group_sizes) > 1
+    assert sum(group_sizes) == sum(len(doc._.trf_data.wordpieces.lengths) for doc in grouped_docs)
