@@ -12,6 +12,7 @@ benchmark runs the HF pipeline on a model that predicts real entities.
 import json
 import tempfile
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -27,6 +28,11 @@ app = typer.Typer(add_completion=False)
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
 Sentence = Tuple[List[str], List[str]]  # words, IOB2 tags
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 def read_sentences(path: Path) -> List[Sentence]:
@@ -92,6 +98,9 @@ def main(
     model_dir: Path = typer.Option(..., "--model-dir", help="Where the trained HF model goes"),
     epochs: float = typer.Option(3, help="Training epochs (the notebook: 3)"),
     seed: int = typer.Option(0, help="Random seed"),
+    precision: Precision = typer.Option(Precision.fp32, help="fp32 (the notebook's), or bf16: the Trainer's "
+                                        "bf16 autocast (`TrainingArguments(bf16=True)`), as a user tuning it for "
+                                        "a CPU with AMX or AVX512-BF16 would run it"),
 ):
     from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
                               Trainer, TrainerCallback, TrainingArguments)
@@ -122,6 +131,7 @@ def main(
         output_dir=tempfile.mkdtemp(prefix="reference-trainer-"), learning_rate=2e-5, num_train_epochs=epochs,
         per_device_train_batch_size=8, weight_decay=0.01, save_strategy="no", eval_strategy="no",
         logging_strategy="epoch", report_to=[], seed=seed, use_cpu=not torch.cuda.is_available(),
+        bf16=precision == Precision.bf16,
     )
     callback = DevCurve()
     trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train),
@@ -136,6 +146,7 @@ def main(
     result = {
         "train_seconds": round(train_seconds, 1),
         "epochs": epochs,
+        "precision": precision.value,
         "train_sentences": len(train),
         "dev_f1": curve[-1]["dev_f1"],
         "test_f1": test_scores["seqeval_f"],

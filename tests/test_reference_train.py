@@ -1,0 +1,44 @@
+"""The reference method of the benchmark (scripts/reference_train.py): the notebook's sub-word label
+alignment, and a training run that writes its scores and a model the HF pipeline can load."""
+import json
+import sys
+
+from conftest import run_checked
+
+from reference_train import LABEL_IDS, LABELS, encode, read_sentences, score
+
+
+def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
+    words, tags = ["Seattleites", "Bill", "Gates"], ["B-LOC", "B-PER", "I-PER"]
+    # "Seattleites" is not in the tiny vocabulary: it comes in pieces (how many depends on the vocabulary).
+    pieces = len(tokenizer.tokenize("Seattleites"))
+    assert pieces > 1 and tokenizer.tokenize("Bill Gates") == ["Bill", "Gates"]
+    (example,) = encode(tokenizer, [(words, tags)])
+    expected = ["B-LOC"] + ["I-LOC"] * (pieces - 1) + ["B-PER", "I-PER"]
+    assert example["labels"] == [-100] + [LABEL_IDS[tag] for tag in expected] + [-100]
+
+
+def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_transformer, tmp_path):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    corpus = project / "corpus"
+    output, model_dir = tmp_path / "reference.json", tmp_path / "reference-model"
+    run_checked([sys.executable, "scripts/reference_train.py", str(corpus / "train.spacy"), str(corpus / "dev.spacy"),
+                 str(corpus / "test.spacy"), str(tiny_transformer), "--output", str(output),
+                 "--model-dir", str(model_dir), "--epochs", "1", "--precision", "bf16"], cwd=project)
+    result = json.loads(output.read_text())
+    assert result["precision"] == "bf16" and result["epochs"] == 1
+    assert result["train_sentences"] == 8 * 4
+    assert [point["epoch"] for point in result["dev_curve"]] == [1.0]
+    assert result["train_seconds"] > 0 and result["dev_f1"] == result["dev_curve"][-1]["dev_f1"]
+    # The saved model is the one scored: its test F1 again, and the HF pipeline serves it.
+    model = AutoModelForTokenClassification.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert score(model, tokenizer, read_sentences(corpus / "test.spacy"))["seqeval_f"] == result["test_f1"]
+    groups = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")(
+        "Bill Gates visited Microsoft in Seattle .")
+    assert all(group["entity_group"] in {"PER", "ORG", "LOC", "MISC"} for group in groups)
