@@ -15,11 +15,10 @@ def main(
     model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Trained pipeline (model-best)"),
     output_dir: Path = typer.Argument(..., help="Where to save the release pipeline"),
     code_paths: str = typer.Option(..., "--code", "-c", help="Comma-separated Python files with registered functions"),
-    beam_width: int = typer.Option(8, "--beam-width", help="Beam width for the entity confidences"),
 ):
     import_code_paths(code_paths)
     nlp = spacy.load(model_dir)
-    nlp.add_pipe("entity_confidence", after="ner", config={"beam_width": beam_width})
+    nlp.add_pipe("entity_confidence", after="ner")
     nlp.to_disk(output_dir)
 
 

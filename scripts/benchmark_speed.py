@@ -6,6 +6,10 @@ On the CPU (`--gpu-id -1`) both sides run in fp32, and in bf16 where the CPU has
 (elsewhere torch emulates bf16, far slower than fp32: it is not measured); on a GPU both run in fp32 and fp16,
 each as its users would: ours with the config's autocast switches (`cpu_bf16`, `mixed_precision`),
 the HF pipeline under `torch.autocast` on the CPU and with fp16 weights (`torch_dtype`) on a GPU.
+Each side runs with its own default batch size, as its users would call it: ours `nlp.pipe(texts)`
+(the config's `[nlp] batch_size`, 128 Docs, which the transformer regroups by length), the HF
+pipeline `ner(texts)` (one text a call: on these CPUs its fastest, as a batch is padded to its
+longest text; 8, 32 and 128 were slower) unless `--hf-batch-size` is given.
 Variants run alternately, repetition after repetition, and each reports the median words/s.
 The HF model gets a randomly initialised classification head unless BACKBONE already has one: the
 head does not change the speed.
@@ -16,7 +20,7 @@ import statistics
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import spacy
 import torch
@@ -47,7 +51,7 @@ def machine_info() -> Dict[str, object]:
     }
 
 
-def spacy_runner(model: str, precision: str, confidence: bool, batch_size: int) -> Runner:
+def spacy_runner(model: str, precision: str, confidence: bool) -> Runner:
     overrides = {
         "components.transformer.model.cpu_bf16": precision == "bf16",
         "components.transformer.model.mixed_precision": precision == "fp16",
@@ -55,12 +59,12 @@ def spacy_runner(model: str, precision: str, confidence: bool, batch_size: int) 
     nlp = spacy.load(model, config=overrides, exclude=[] if confidence else ["entity_confidence"])
 
     def run(texts: List[str]) -> int:
-        return sum(len(doc.ents) for doc in nlp.pipe(texts, batch_size=batch_size))
+        return sum(len(doc.ents) for doc in nlp.pipe(texts))
 
     return run
 
 
-def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: int) -> Runner:
+def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: Optional[int]) -> Runner:
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     model = AutoModelForTokenClassification.from_pretrained(
@@ -81,26 +85,26 @@ def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: int) -> Ru
     return run
 
 
-def variants(model: str, backbone: str, gpu_id: int, batch_size: int,
+def variants(model: str, backbone: str, gpu_id: int, batch_size: Optional[int],
              texts: List[str], sentences: List[str]) -> Dict[str, Tuple[Runner, List[str]]]:
     hf_fp32 = hf_runner(backbone, "fp32", gpu_id, batch_size)
     runs = {
-        "ours_fp32": (spacy_runner(model, "fp32", confidence=True, batch_size=batch_size), texts),
-        "ours_fp32_no_confidence": (spacy_runner(model, "fp32", confidence=False, batch_size=batch_size), texts),
+        "ours_fp32": (spacy_runner(model, "fp32", confidence=True), texts),
+        "ours_fp32_no_confidence": (spacy_runner(model, "fp32", confidence=False), texts),
         "hf_pipeline_fp32": (hf_fp32, texts),
         "hf_pipeline_fp32_sentences": (hf_fp32, sentences),
     }
     low = "fp16" if gpu_id >= 0 else "bf16"
     if gpu_id >= 0 or cpu_has_native_bf16():
         runs.update({
-            f"ours_{low}": (spacy_runner(model, low, confidence=True, batch_size=batch_size), texts),
-            f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False, batch_size=batch_size), texts),
+            f"ours_{low}": (spacy_runner(model, low, confidence=True), texts),
+            f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False), texts),
             f"hf_pipeline_{low}": (hf_runner(backbone, low, gpu_id, batch_size), texts),
         })
     return runs
 
 
-def component_seconds(model: str, texts: List[str], batch_size: int) -> Dict[str, float]:
+def component_seconds(model: str, texts: List[str]) -> Dict[str, float]:
     """Where our fp32 time goes: the tokenizer, then each component over the Docs of the one before."""
     nlp = spacy.load(model, config={"components.transformer.model.cpu_bf16": False})
     start = time.perf_counter()
@@ -108,7 +112,7 @@ def component_seconds(model: str, texts: List[str], batch_size: int) -> Dict[str
     seconds = {"tokenizer": time.perf_counter() - start}
     for name, component in nlp.pipeline:
         start = time.perf_counter()
-        docs = list(component.pipe(docs, batch_size=batch_size))
+        docs = list(component.pipe(docs, batch_size=nlp.batch_size))
         seconds[name] = time.perf_counter() - start
     return {name: round(value, 3) for name, value in seconds.items()}
 
@@ -148,7 +152,8 @@ def main(
     backbone: str = typer.Argument(..., help="HF model directory (or name) for the reference pipeline"),
     output_path: Path = typer.Option(..., "--output", "-o", help="JSON with words/s per variant"),
     repetitions: int = typer.Option(3, "--repetitions", "-r", help="Alternating runs per variant"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Batch size, ours and HF's (the reference: 32)"),
+    hf_batch_size: Optional[int] = typer.Option(None, "--hf-batch-size", help="The HF pipeline's batch size "
+                                                "(default: its own, one text a call)"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id for both pipelines, or -1 for the CPU"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
 ):
@@ -161,7 +166,7 @@ def main(
     # into sentences is measured too, for context.
     sentences = [sent.text for doc in docs for sent in doc.sents]
     n_words = sum(len(doc) for doc in docs)
-    runs = variants(model, backbone, gpu_id, batch_size, texts, sentences)
+    runs = variants(model, backbone, gpu_id, hf_batch_size, texts, sentences)
     for run, inputs in runs.values():
         run(inputs[:8])  # warm-up
     seconds: Dict[str, List[float]] = {name: [] for name in runs}
@@ -180,10 +185,11 @@ def main(
         "sentences": len(sentences),
         "words": n_words,
         "repetitions": repetitions,
-        "batch_size": batch_size,
+        "batch_size": spacy.load(model, exclude=["entity_confidence"]).batch_size,
+        "hf_batch_size": hf_batch_size or 1,
         "gpu_id": gpu_id,
         "machine": {**machine_info(), "native_bf16": cpu_has_native_bf16()},
-        "components_fp32_seconds": component_seconds(model, texts, batch_size),
+        "components_fp32_seconds": component_seconds(model, texts),
         "compute_limit": compute_limit(backbone, texts, gpu_id),
         "words_per_second": {name: round(n_words / statistics.median(s), 1) for name, s in seconds.items()},
         "seconds": {name: [round(x, 3) for x in s] for name, s in seconds.items()},

@@ -1,5 +1,5 @@
 """Calibrate the entity confidences on the dev split: fit an isotonic regression of "the entity is
-right" (its span and label match a gold entity) on the beam's probability, store the map in the
+right" (its span and label match a gold entity) on the NER's probability of it, store the map in the
 pipeline's entity_confidence component, and save the calibrated pipeline. Test is never used."""
 import json
 from pathlib import Path
@@ -30,7 +30,7 @@ def main(
         use_device(gpu_id)
     nlp = spacy.load(model_dir)
     component = nlp.get_pipe("entity_confidence")
-    component.set_calibration(None, None)  # the fit reads the beam's own probabilities
+    component.set_calibration(None, None)  # the fit reads the NER's own probabilities
     outcomes = entity_outcomes(annotate(nlp, list(Corpus(dev_path)(nlp))))
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
     isotonic.fit(outcomes["raw"], outcomes["right"].astype(float))

@@ -24,7 +24,7 @@ def annotate(nlp: Language, examples: List[Example]) -> List[Example]:
 
 
 def entity_outcomes(examples: List[Example]) -> Optional[Dict[str, numpy.ndarray]]:
-    """Per predicted entity: its confidence, the beam's probability before calibration, and
+    """Per predicted entity: its confidence, the NER's probability before calibration, and
     whether it is right. None where the pipeline gives no confidences."""
     confidence, raw, right = [], [], []
     for eg in examples:
@@ -72,7 +72,7 @@ def calibration_summary(confidence: numpy.ndarray, right: numpy.ndarray) -> Dict
 
 
 def confidence_report(examples: List[Example]) -> Optional[Dict[str, Any]]:
-    """The calibration figures of the confidences and of the beam's probabilities before calibration."""
+    """The calibration figures of the confidences and of the NER's probabilities before calibration."""
     outcomes = entity_outcomes(examples)
     if outcomes is None or not len(outcomes["right"]):
         return None

@@ -10,8 +10,7 @@ least `context_tokens` before the cut. So no entity is split at a cut, and every
 with that much text on both sides. Pieces also start on the grid of the transformer's strided
 windows, so each token is encoded in the very windows it gets in the whole text: the entities are
 those of the whole text annotated at once. Only one piece is annotated at a time: memory is bounded
-by `piece_tokens`, not by the text's length. The pieces are small (2,500 tokens, about 12,000
-characters) because the beam of the entity confidences costs more per token the longer the Doc.
+by `piece_tokens` (2,500 tokens, about 12,000 characters), not by the text's length.
 
 `pipe_texts(nlp, texts)` is `nlp.pipe` for texts of any length: texts up to `nlp.max_length` go
 through `nlp.pipe` unchanged, longer ones through `annotate_long_text`, in the input order.

@@ -41,7 +41,7 @@ def scores_rows(performance: Dict[str, Any]) -> List[str]:
 
 def calibration_rows(confidence: Dict[str, Any]) -> List[str]:
     rows = ["| | ECE (10 bins) | Brier | AUROC right vs wrong | mean confidence | precision |", "|---|---|---|---|---|---|"]
-    for name, key in (("beam probability, before calibration", "uncalibrated"), ("ent._.confidence", "calibrated")):
+    for name, key in (("the NER's probability, before calibration", "uncalibrated"), ("ent._.confidence", "calibrated")):
         c = confidence[key]
         auroc = "n/a" if c["auroc"] is None else f"{c['auroc']:.4f}"
         rows.append(f"| {name} | {c['ece']:.4f} | {c['brier']:.4f} | {auroc} | {c['mean_confidence']:.3f} "
@@ -89,7 +89,7 @@ def card_sections(meta: Dict[str, Any], backbone: Dict[str, str]) -> str:
         "",
         "`ent._.confidence` is the probability that the entity is right (its span and its type), "
         "calibrated on dev: among entities with a confidence of about 0.8, about 80% are right. "
-        "`ent._.raw_confidence` is the model's beam probability before calibration. "
+        "`ent._.raw_confidence` is the NER's own probability of the entity, before calibration. "
         f'`spacy.load("{name}", exclude=["entity_confidence"])` is faster and gives no confidences. '
         f"Texts over `nlp.max_length` characters: `from {name}.long_texts import annotate_long_text`.",
         "",

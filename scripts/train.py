@@ -2,8 +2,10 @@
 precision) and on the CPU otherwise. The options set the config values that the workflow's
 variables control; extra `--section.key value` arguments override any other config value, as
 with `spacy train`. Before any heavy work it checks that the GPU asked for can be used and that
-the transformer can be loaded. Writes the wall time to <output_dir>/train_time.json and a JSONL
-line per dev evaluation to <output_dir>/train_log.jsonl (scripts/training_log.py)."""
+the transformer can be loaded. Writes the time to <output_dir>/train_time.json (train_seconds: the
+whole `spacy train` without the dev evaluations and checkpoints, as the reference Trainer's time is
+taken; wall_seconds: all of it) and a JSONL line per dev evaluation to <output_dir>/train_log.jsonl
+(scripts/training_log.py)."""
 import json
 import shutil
 import time
@@ -86,7 +88,10 @@ def main(
     start = time.perf_counter()
     spacy_train(config_path, output_dir, use_gpu=gpu_id, overrides=overrides)
     seconds = time.perf_counter() - start
-    atomic_write_text(output_dir / "train_time.json", json.dumps({"train_seconds": round(seconds, 1), "gpu_id": gpu_id}))
+    log_lines = (output_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    scoring = json.loads(log_lines[-1])["scoring_seconds"] if log_lines else 0.0
+    atomic_write_text(output_dir / "train_time.json", json.dumps(
+        {"train_seconds": round(seconds - scoring, 1), "wall_seconds": round(seconds, 1), "gpu_id": gpu_id}))
 
 
 if __name__ == "__main__":

@@ -126,8 +126,8 @@ def test_predict_annotates_a_record_over_the_limit_whole(project, nlp, tmp_path)
     found = [(e["start"], e["end"], e["entity_group"]) for e in long_entities]
     assert all(text[e["start"]:e["end"]] == e["word"] for e in long_entities)
     assert_valid_entities(found, [e["score"] for e in long_entities])
-    # The same entities as the whole text annotated at once, with the limit raised for the test (and
-    # without the confidences, whose beam would take long over a Doc of 250,000 tokens).
+    # The same entities as the whole text annotated at once, with the limit raised for the test (the
+    # entities are compared, so the confidences are left out).
     without_confidence = spacy.load(project / "training" / "model-release", exclude=["entity_confidence"])
     without_confidence.max_length = len(text) + 1
     assert found == entity_tuples(without_confidence(text))
