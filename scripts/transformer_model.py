@@ -1,11 +1,13 @@
 """spacy-transformers' TransformerModel with two additions, registered as "conll.TransformerModel.v1".
 
-Inference by length: spacy-transformers pads every window of a batch to the longest one, so a
-batch of full 128-token windows and short tail windows is about half padding. At inference this
-model sorts the windows by wordpiece length and runs them in groups of at most
-`predict_wordpieces` padded wordpieces, each group padded only to its own longest window. The
-outputs are put back in the original order and shape, so what follows sees the same tensors.
-Training (which backpropagates through one call) is unchanged.
+Windows by length: spacy-transformers pads every window of a batch to the longest one, so a
+batch of full 128-token windows and short tail windows is about half padding. This model sorts
+the windows by wordpiece length and runs them in groups, each padded only to its own longest
+window: at inference groups of at most `predict_wordpieces` padded wordpieces; in training a new
+group starts at a window shorter than `train_group_fill` times its group's longest, and the
+gradient is handed back to each group's own backward pass. The outputs are put back in the
+original order and shape, so what follows sees the same tensors at every real wordpiece (the
+padding is zeros).
 
 bf16 on the CPU: CPUs with AMX or AVX512-BF16 run bf16 matrix products several times faster than
 fp32. `mixed_precision` only autocasts on CUDA, so with `cpu_bf16 = true` the transformer's
@@ -25,6 +27,7 @@ from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch, WordpieceBatch
 from thinc.api import Model
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
+from transformers.utils import ModelOutput
 
 Forward = Callable[[Model, WordpieceBatch, bool], Tuple[Any, Callable]]
 
@@ -79,28 +82,64 @@ def scatter(pieces: List[Tuple[torch.Tensor, torch.Tensor]], n_rows: int, width:
     return merged
 
 
-def by_length(forward: Forward, max_padded: int) -> Forward:
-    """FORWARD, run at inference on groups of rows of similar length (see the module's doc)."""
+def groups_by_fill(lengths: List[int], fill: float) -> List[numpy.ndarray]:
+    """Row indices, longest rows first, cut where a row is shorter than FILL times the longest
+    row of its group."""
+    order = numpy.argsort(-numpy.asarray(lengths), kind="stable")
+    groups, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or lengths[order[i]] < fill * lengths[order[start]]:
+            groups.append(order[start:i])
+            start = i
+    return groups
 
-    def predict_by_length(model: Model, wordpieces: WordpieceBatch, is_train: bool) -> Tuple[Any, Callable]:
-        # Attention maps have two sequence axes: with output_attentions, one padded batch.
-        if is_train or max_padded <= 0 or len(wordpieces) == 0 or model.shims[0]._model.config.output_attentions:
+
+def merge_outputs(groups: List[Tuple[torch.Tensor, Any]], n_rows: int, width: int) -> Any:
+    """One ModelOutput of N_ROWS rows, padded to WIDTH, from (row index, ModelOutput) groups."""
+    merged = {}
+    for key, value in groups[0][1].items():
+        if isinstance(value, tuple):  # hidden_states: one tensor per layer
+            merged[key] = tuple(scatter([(index, output[key][layer]) for index, output in groups], n_rows, width)
+                                for layer in range(len(value)))
+        else:
+            merged[key] = scatter([(index, output[key]) for index, output in groups], n_rows, width)
+    return type(groups[0][1])(**merged)
+
+
+def by_length(forward: Forward, max_padded: int, train_fill: float) -> Forward:
+    """FORWARD, run on groups of rows of similar length (see the module's doc)."""
+
+    def forward_by_length(model: Model, wordpieces: WordpieceBatch, is_train: bool) -> Tuple[Any, Callable]:
+        shim = model.shims[0]
+        # Attention maps have two sequence axes: with output_attentions, one padded batch. The
+        # gradient scaler unscales all gradients after each backward pass, so with it, one as well.
+        if (len(wordpieces) == 0 or shim._model.config.output_attentions
+                or (is_train and (train_fill <= 0 or shim._grad_scaler._enabled))
+                or (not is_train and max_padded <= 0)):
             return forward(model, wordpieces, is_train)
         n_rows, width = wordpieces.input_ids.shape
-        groups = []
-        for rows in groups_by_length(wordpieces.lengths, max_padded):
-            output, _ = forward(model, select_rows(wordpieces, rows), is_train)
+        groups, backprops = [], []
+        rows_of_groups = (groups_by_fill(wordpieces.lengths, train_fill) if is_train
+                          else groups_by_length(wordpieces.lengths, max_padded))
+        for rows in rows_of_groups:
+            output, backprop = forward(model, select_rows(wordpieces, rows), is_train)
             groups.append((torch.as_tensor(rows, device=output["last_hidden_state"].device), output))
-        merged = {}
-        for key, value in groups[0][1].items():
-            if isinstance(value, tuple):  # hidden_states: one tensor per layer
-                merged[key] = tuple(scatter([(index, output[key][layer]) for index, output in groups], n_rows, width)
-                                    for layer in range(len(value)))
-            else:
-                merged[key] = scatter([(index, output[key]) for index, output in groups], n_rows, width)
-        return type(groups[0][1])(**merged), predict_only
+            backprops.append(backprop)
+        with torch.no_grad():
+            merged = merge_outputs(groups, n_rows, width)
 
-    return predict_by_length
+        def backprop_groups(d_output: ModelOutput) -> List:
+            for (index, output), backprop in zip(groups, backprops):
+                group_width = output["last_hidden_state"].shape[1]
+                d_group = ModelOutput()
+                for key, gradient in d_output.items():
+                    d_group[key] = gradient[index, :group_width]
+                backprop(d_group)
+            return []
+
+        return merged, backprop_groups if is_train else predict_only
+
+    return forward_by_length
 
 
 def predict_only(_: Any) -> None:
@@ -117,10 +156,12 @@ def create_transformer_model(
     grad_scaler_config: dict = {},
     cpu_bf16: bool = False,
     predict_wordpieces: int = 4096,
+    train_group_fill: float = 0.7,
 ) -> Model[List[Doc], FullTransformerBatch]:
-    """spacy-transformers.TransformerModel.v3, plus `cpu_bf16`, plus inference in groups of
-    windows of similar length, at most `predict_wordpieces` padded wordpieces a forward pass
-    (0: one padded batch, as TransformerModel.v3 does)."""
+    """spacy-transformers.TransformerModel.v3, plus `cpu_bf16`, plus windows run in groups of
+    similar length: at inference at most `predict_wordpieces` padded wordpieces a forward pass,
+    in training a new group at a window shorter than `train_group_fill` times the group's longest
+    (0 for either: one padded batch, as TransformerModel.v3 does)."""
     model = registry.architectures.get("spacy-transformers.TransformerModel.v3")(
         name,
         get_spans=get_spans,
@@ -130,5 +171,6 @@ def create_transformer_model(
         grad_scaler_config=grad_scaler_config,
     )
     transformer = model.layers[0]
-    transformer._func = by_length(cpu_bf16_forward if cpu_bf16 else pytorch_forward, predict_wordpieces)
+    transformer._func = by_length(cpu_bf16_forward if cpu_bf16 else pytorch_forward, predict_wordpieces,
+                                  train_group_fill)
     return model

@@ -82,3 +82,65 @@ def test_inference_by_length_gives_the_one_batch_outputs(project, nlp, monkeypat
     # Only the grouped model cut its batch, into several groups that hold each window once.
     assert len(group_sizes) > 1
     assert sum(group_sizes) == sum(len(doc._.trf_data.wordpieces.lengths) for doc in grouped_docs)
+
+
+def test_groups_by_fill_cut_where_a_row_is_much_shorter_than_its_groups_longest():
+    from transformer_model import groups_by_fill
+
+    groups = groups_by_fill([100, 30, 128, 90, 60, 5], fill=0.7)
+    assert [list(group) for group in groups] == [[2, 0, 3], [4], [1], [5]]
+    assert [list(group) for group in groups_by_fill([4, 4], fill=0.7)] == [[0, 1]]
+
+
+def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, nlp, monkeypatch):
+    import torch
+    import transformer_model
+    from transformers.utils import ModelOutput
+
+    group_sizes = []
+
+    def recording_groups(lengths, fill):
+        groups = groups_by_fill(lengths, fill)
+        group_sizes.extend(len(group) for group in groups)
+        return groups
+
+    groups_by_fill = transformer_model.groups_by_fill
+    monkeypatch.setattr(transformer_model, "groups_by_fill", recording_groups)
+    model = spacy.load(project / "training" / "model-best")
+    transformer = model.get_pipe("transformer").model
+    rng = random.Random(13)
+    texts = [" ".join(w for _ in range(n) for w, _ in make_sentence(rng)) for n in (1, 12, 3, 7, 2, 12)]
+    wordpieces = transformer.predict([model.make_doc(text) for text in texts]).wordpieces
+    layer = transformer.layers[0]
+    hf_model = layer.shims[0]._model
+    # No dropout, so that both ways compute the same function: the shim's train() is kept from
+    # leaving eval mode (which changes nothing else for DistilBERT).
+    hf_model.eval()
+    monkeypatch.setattr(hf_model, "train", lambda mode=True: hf_model)
+    mask = torch.as_tensor(wordpieces.attention_mask).bool()
+    # The gradient from the layers that follow is zero on padding, as the alignment leaves it.
+    gradient = torch.randn(*mask.shape, hf_model.config.dim, generator=torch.Generator().manual_seed(0))
+    gradient *= mask[..., None]
+
+    def train_step(train_fill):
+        hf_model.zero_grad(set_to_none=True)
+        forward = transformer_model.by_length(transformer_model.pytorch_forward, 0, train_fill)
+        output, backprop = forward(layer, wordpieces, True)
+        d_output = ModelOutput()
+        d_output["output_0"] = gradient
+        backprop(d_output)
+        grads = {name: p.grad.clone() for name, p in hf_model.named_parameters() if p.grad is not None}
+        return output["last_hidden_state"][mask].detach(), grads
+
+    one_output, one_grads = train_step(0.0)
+    assert group_sizes == []
+    grouped_output, grouped_grads = train_step(0.7)
+    assert len(group_sizes) > 1 and sum(group_sizes) == len(wordpieces.lengths)
+    assert torch.allclose(one_output, grouped_output, atol=1e-5)
+    assert one_grads.keys() == grouped_grads.keys() == dict(hf_model.named_parameters()).keys()
+    for name, one in one_grads.items():
+        # Sums of float32 terms in another order: the rounding scales with the gradient's size. The
+        # key biases' gradient is zero up to rounding (softmax ignores a shift), hence the floor.
+        difference = (one - grouped_grads[name]).abs().max()
+        assert difference <= 1e-4 * one.abs().max() + 1e-6, f"{name}: {difference} apart, largest {one.abs().max()}"
+
