@@ -52,18 +52,25 @@ def test_groups_by_length_cut_the_longest_rows_first():
     assert [list(group) for group in groups_by_length([30, 2], max_padded=18)] == [[0], [1]]
 
 
-def test_inference_by_length_gives_the_one_batch_outputs(project, nlp, monkeypatch):
+def record_group_sizes(monkeypatch, cutter: str) -> list:
+    """Wrap transformer_model's CUTTER (groups_by_length or groups_by_fill) so that the sizes of
+    the groups it cuts are recorded in the returned list."""
     import transformer_model
 
-    group_sizes = []
+    cut = getattr(transformer_model, cutter)
+    sizes = []
 
-    def recording_groups(lengths, max_padded):
-        groups = groups_by_length(lengths, max_padded)
-        group_sizes.extend(len(group) for group in groups)
+    def recording_cut(*args):
+        groups = cut(*args)
+        sizes.extend(len(group) for group in groups)
         return groups
 
-    groups_by_length = transformer_model.groups_by_length
-    monkeypatch.setattr(transformer_model, "groups_by_length", recording_groups)
+    monkeypatch.setattr(transformer_model, cutter, recording_cut)
+    return sizes
+
+
+def test_inference_by_length_gives_the_one_batch_outputs(project, nlp, monkeypatch):
+    group_sizes = record_group_sizes(monkeypatch, "groups_by_length")
     rng = random.Random(11)
     # Documents of 1 to 12 sentences: windows of many lengths, several windows in the long ones.
     texts = [" ".join(w for _ in range(n) for w, _ in make_sentence(rng)) for n in (1, 12, 3, 7, 2, 12)]
@@ -97,15 +104,7 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
     import transformer_model
     from transformers.utils import ModelOutput
 
-    group_sizes = []
-
-    def recording_groups(lengths, fill):
-        groups = groups_by_fill(lengths, fill)
-        group_sizes.extend(len(group) for group in groups)
-        return groups
-
-    groups_by_fill = transformer_model.groups_by_fill
-    monkeypatch.setattr(transformer_model, "groups_by_fill", recording_groups)
+    group_sizes = record_group_sizes(monkeypatch, "groups_by_fill")
     model = spacy.load(project / "training" / "model-best")
     transformer = model.get_pipe("transformer").model
     rng = random.Random(13)
