@@ -9,6 +9,13 @@ gradient is handed back to each group's own backward pass. The outputs are put b
 original order and shape, so what follows sees the same tensors at every real wordpiece (the
 padding is zeros).
 
+One optimizer pass: thinc's PyTorchShim calls the optimizer once a parameter, with a conversion to
+NumPy and several passes over memory each time. With `fused_adam = true` the transformer's
+parameters, when they are on the CPU, get the same AdamW step (thinc's Adam: gradient clipping by
+each parameter's norm, bias-corrected moments, decoupled weight decay, its moments kept in the
+thinc optimizer) all at once: the clipping in torch `_foreach` operations, the moments and the
+step in torch's fused Adam kernel. Any other optimizer setting, or a GPU, takes thinc's own loop.
+
 bf16 on the CPU: CPUs with AMX or AVX512-BF16 run bf16 matrix products several times faster than
 fp32. `mixed_precision` only autocasts on CUDA, so with `cpu_bf16 = true` the transformer's
 forward pass (and so its backward pass) runs under `torch.autocast("cpu", torch.bfloat16)`
@@ -25,8 +32,9 @@ import torch
 from spacy.tokens import Doc
 from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch, WordpieceBatch
-from thinc.api import Model
+from thinc.api import Model, Optimizer
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
+from torch.optim.adam import adam as torch_adam
 from transformers.utils import ModelOutput
 
 Forward = Callable[[Model, WordpieceBatch, bool], Tuple[Any, Callable]]
@@ -142,6 +150,69 @@ def by_length(forward: Forward, max_padded: int, train_fill: float) -> Forward:
     return forward_by_length
 
 
+def uses_fused_adam(optimizer: Optimizer) -> bool:
+    """Whether fused_adam_update does what thinc's Optimizer would: Adam with decoupled weight
+    decay, no parameter averages, no RAdam."""
+    return (optimizer.b1 > 0 and optimizer.b2 > 0 and not optimizer.use_radam and optimizer.averages is None
+            and (optimizer.L2_is_weight_decay or optimizer.L2 == 0))
+
+
+def fused_adam_update(shim: Any, optimizer: Optimizer) -> None:
+    """thinc's Optimizer.__call__ for every parameter of SHIM's model: the gradients clipped by
+    their norms in one foreach pass, torch's fused Adam kernel, then the decoupled weight decay."""
+    named = [(name, p) for name, p in shim._model.named_parameters() if p.grad is not None and p.numel() > 0]
+    if not named:
+        return
+    by_count: dict = {}
+    for name, p in named:
+        key = (shim.id, name)
+        optimizer.nr_update[key] += 1
+        if key not in optimizer.mom1:
+            optimizer.mom1[key] = numpy.zeros(p.numel(), dtype="float32")
+            optimizer.mom2[key] = numpy.zeros(p.numel(), dtype="float32")
+        by_count.setdefault(optimizer.nr_update[key], []).append((key, p))
+    grads = [p.grad for _, p in named]
+    # spaCy updates the transformer right after its forward pass, before the components that
+    # listen to it backpropagate into it (so with the gradient of the batch before). Through
+    # .data the writes, as thinc's NumPy writes, stay out of autograd's version checks.
+    params = [p.data for _, p in named]
+    b1, b2, learn_rate = optimizer.b1, optimizer.b2, optimizer.learn_rate
+    with torch.no_grad():
+        if optimizer.grad_clip:
+            norms = torch.stack(torch._foreach_norm(grads))
+            scales = torch.where(norms >= optimizer.grad_clip, optimizer.grad_clip / norms, torch.ones_like(norms))
+            torch._foreach_mul_(grads, list(scales.unbind()))
+        for count, keyed in by_count.items():
+            group = [p.data for _, p in keyed]
+            # thinc scales the step by sqrt(1 - b2^t) / (1 - b1^t) and adds eps to sqrt(mom2);
+            # torch divides sqrt(mom2) by sqrt(1 - b2^t) before adding eps: the same step with
+            # eps / sqrt(1 - b2^t). The moments stay in thinc's optimizer; torch works on views.
+            torch_adam(
+                group, [p.grad for _, p in keyed],
+                [torch.from_numpy(optimizer.mom1[key]).view_as(p) for key, p in keyed],
+                [torch.from_numpy(optimizer.mom2[key]).view_as(p) for key, p in keyed],
+                [], [torch.tensor(float(count - 1)) for _ in group], fused=True,
+                amsgrad=False, maximize=False, beta1=b1, beta2=b2, lr=learn_rate, weight_decay=0.0,
+                eps=optimizer.eps / (1 - b2 ** count) ** 0.5,
+            )
+        if optimizer.L2:
+            torch._foreach_mul_(params, 1 - learn_rate * optimizer.L2)
+        torch._foreach_zero_(grads)
+
+
+def fused_finish_update(shim: Any) -> Callable[[Optimizer], None]:
+    """SHIM's finish_update, with fused_adam_update where it applies."""
+
+    def finish_update(optimizer: Optimizer) -> None:
+        on_cpu = all(p.device.type == "cpu" for p in shim._model.parameters())
+        if on_cpu and not shim._grad_scaler._enabled and uses_fused_adam(optimizer):
+            fused_adam_update(shim, optimizer)
+        else:
+            type(shim).finish_update(shim, optimizer)
+
+    return finish_update
+
+
 def predict_only(_: Any) -> None:
     raise ValueError("conll.TransformerModel.v1: the grouped forward pass is for inference only")
 
@@ -157,11 +228,13 @@ def create_transformer_model(
     cpu_bf16: bool = False,
     predict_wordpieces: int = 4096,
     train_group_fill: float = 0.7,
+    fused_adam: bool = True,
 ) -> Model[List[Doc], FullTransformerBatch]:
     """spacy-transformers.TransformerModel.v3, plus `cpu_bf16`, plus windows run in groups of
     similar length: at inference at most `predict_wordpieces` padded wordpieces a forward pass,
     in training a new group at a window shorter than `train_group_fill` times the group's longest
-    (0 for either: one padded batch, as TransformerModel.v3 does)."""
+    (0 for either: one padded batch, as TransformerModel.v3 does), plus `fused_adam`: one
+    optimizer pass over all the transformer's parameters on the CPU."""
     model = registry.architectures.get("spacy-transformers.TransformerModel.v3")(
         name,
         get_spans=get_spans,
@@ -173,4 +246,7 @@ def create_transformer_model(
     transformer = model.layers[0]
     transformer._func = by_length(cpu_bf16_forward if cpu_bf16 else pytorch_forward, predict_wordpieces,
                                   train_group_fill)
+    if fused_adam:
+        shim = transformer.shims[0]
+        shim.finish_update = fused_finish_update(shim)
     return model

@@ -143,3 +143,50 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
         difference = (one - grouped_grads[name]).abs().max()
         assert difference <= 1e-4 * one.abs().max() + 1e-6, f"{name}: {difference} apart, largest {one.abs().max()}"
 
+
+
+def test_fused_adam_takes_thincs_adamw_step(project, nlp):
+    import torch
+    from thinc.api import Adam, RAdam
+    from transformer_model import uses_fused_adam
+
+    transformer = spacy.load(project / "training" / "model-best").get_pipe("transformer").model
+    shim = transformer.layers[0].shims[0]
+    assert "fused_finish_update" in shim.finish_update.__qualname__  # the config's fused_adam = true
+
+    def thinc_finish_update(optimizer):
+        type(shim).finish_update(shim, optimizer)
+
+    assert not uses_fused_adam(Adam(use_averages=True)) and not uses_fused_adam(RAdam(1e-3))
+    params = dict(shim._model.named_parameters())
+    start = {name: p.detach().clone() for name, p in params.items()}
+    generator = torch.Generator().manual_seed(0)
+    # Some gradients over the clipping norm (1.0), some under it, so both branches are taken.
+    gradients = [{name: torch.randn(p.shape, generator=generator) * (0.01 if i % 2 else 1.0)
+                  for i, (name, p) in enumerate(params.items())} for _ in range(3)]
+    assert any(g.norm() < 1 for g in gradients[0].values()) and any(g.norm() > 1 for g in gradients[0].values())
+
+    def train(finish_update):
+        optimizer = Adam(learn_rate=[3e-3, 2e-3, 1e-3], L2=0.01, L2_is_weight_decay=True, grad_clip=1.0,
+                         use_averages=False)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(start[name])
+        for step in gradients:
+            for name, p in params.items():
+                p.grad = step[name].clone()
+            finish_update(optimizer)
+            optimizer.step_schedules()
+            assert all(p.grad.abs().max() == 0 for p in params.values())
+        return {name: p.detach().clone() for name, p in params.items()}, optimizer
+
+    thinc_params, thinc_optimizer = train(thinc_finish_update)
+    fused_params, fused_optimizer = train(shim.finish_update)
+    for name, p in thinc_params.items():
+        assert not torch.equal(p, start[name]), name
+        assert torch.allclose(fused_params[name], p, rtol=1e-5, atol=1e-7), name
+    assert fused_optimizer.nr_update == thinc_optimizer.nr_update
+    for key, moment in thinc_optimizer.mom2.items():
+        assert numpy.allclose(fused_optimizer.mom1[key], thinc_optimizer.mom1[key], rtol=1e-5, atol=1e-9), key
+        # thinc's kernel rounds 1 - beta2 to float32 (0.00099998713): 1.3e-5 apart, relatively.
+        assert numpy.allclose(fused_optimizer.mom2[key], moment, rtol=3e-5, atol=1e-12), key
