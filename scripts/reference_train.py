@@ -71,7 +71,9 @@ def predict_tags(model, tokenizer, sentences: List[Sentence], batch_size: int = 
         for i in range(0, len(sentences), batch_size):
             words = [w for w, _ in sentences[i:i + batch_size]]
             encoding = tokenizer(words, is_split_into_words=True, truncation=True, padding=True, return_tensors="pt")
-            label_ids = model(**encoding).logits.argmax(-1).tolist()
+            # The class's forward, not the instance's: the Trainer's bf16 mode leaves an autocast wrapper on
+            # the instance, and the scores are of the weights in fp32, as they are saved and as ours are scored.
+            label_ids = type(model).forward(model, **encoding).logits.argmax(-1).tolist()
             for row, sentence_words in enumerate(words):
                 tags = ["O"] * len(sentence_words)
                 seen = set()

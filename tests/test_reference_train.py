@@ -3,9 +3,11 @@ alignment, and a training run that writes its scores and a model the HF pipeline
 import json
 import sys
 
+import torch
+
 from conftest import run_checked
 
-from reference_train import LABEL_IDS, LABELS, encode, read_sentences, score
+from reference_train import LABEL_IDS, LABELS, encode, predict_tags, read_sentences, score
 
 
 def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):
@@ -20,6 +22,22 @@ def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):
     expected = ["B-LOC"] + ["I-LOC"] * (pieces - 1) + ["B-PER", "I-PER"]
     assert example["labels"] == [-100] + [LABEL_IDS[tag] for tag in expected] + [-100]
 
+
+
+def test_scores_are_of_the_fp32_weights_after_bf16_training(tiny_transformer):
+    from accelerate import Accelerator
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
+    model = AutoModelForTokenClassification.from_pretrained(tiny_transformer, num_labels=len(LABELS))
+    # What the Trainer does with bf16=True, and leaves in place after training: an autocast wrapper on forward.
+    model = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model)
+    autocast_in_classifier = []
+    model.classifier.register_forward_hook(lambda *_: autocast_in_classifier.append(torch.is_autocast_enabled("cpu")))
+    model(**tokenizer(["Bill Gates"], return_tensors="pt"))
+    assert autocast_in_classifier == [True]
+    predict_tags(model, tokenizer, [(["Bill", "Gates"], ["B-PER", "I-PER"])])
+    assert autocast_in_classifier == [True, False]
 
 def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_transformer, tmp_path):
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
@@ -39,6 +57,7 @@ def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_tr
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert model.config.id2label == dict(enumerate(LABELS))
     assert score(model, tokenizer, read_sentences(corpus / "test.spacy"))["seqeval_f"] == result["test_f1"]
+    assert score(model, tokenizer, read_sentences(corpus / "dev.spacy"))["seqeval_f"] == result["dev_f1"]
     groups = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")(
         "Bill Gates visited Microsoft in Seattle .")
     assert all(group["entity_group"] in {"PER", "ORG", "LOC", "MISC"} for group in groups)
