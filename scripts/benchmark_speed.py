@@ -4,8 +4,10 @@ notebook's inference) on the same backbone and the same raw texts (the test spli
 
 On the CPU (`--gpu-id -1`) both sides run in fp32, and in bf16 where the CPU has AMX or AVX512-BF16
 (elsewhere torch emulates bf16, far slower than fp32: it is not measured); on a GPU both run in fp32 and fp16,
-each as its users would: ours with the config's autocast switches (`cpu_bf16`, `mixed_precision`),
-the HF pipeline under `torch.autocast` on the CPU and with fp16 weights (`torch_dtype`) on a GPU.
+each as its users would: ours with the config's switches (`cpu_bf16`, `mixed_precision`), the HF
+pipeline with fp16 weights (`torch_dtype`) on a GPU, and on the CPU with either of its users' two bf16
+switches: under `torch.autocast` (`hf_pipeline_bf16`) and with bf16 weights
+(`torch_dtype=torch.bfloat16`, `hf_pipeline_bf16_weights`).
 Each side runs with its own default batch size, as its users would call it: ours `nlp.pipe(texts)`
 (the config's `[nlp] batch_size`, 128 Docs, which the transformer regroups by length), the HF
 pipeline `ner(texts)` (one text a call: on these CPUs its fastest, as a batch is padded to its
@@ -73,7 +75,7 @@ def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: Optional[i
         num_labels=len(NER_LABELS),
         id2label=dict(enumerate(NER_LABELS)),
         label2id={label: i for i, label in enumerate(NER_LABELS)},
-        torch_dtype=torch.float16 if precision == "fp16" else torch.float32,
+        torch_dtype={"fp16": torch.float16, "bf16_weights": torch.bfloat16}.get(precision, torch.float32),
     )
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     ner = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple",
@@ -102,6 +104,8 @@ def variants(model: str, backbone: str, gpu_id: int, batch_size: Optional[int],
             f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False), texts),
             f"hf_pipeline_{low}": (hf_runner(backbone, low, gpu_id, batch_size), texts),
         })
+    if gpu_id < 0 and cpu_has_native_bf16():
+        runs["hf_pipeline_bf16_weights"] = (hf_runner(backbone, "bf16_weights", gpu_id, batch_size), texts)
     return runs
 
 

@@ -16,10 +16,40 @@ def test_bf16_inference_matches_fp32(project, nlp):  # nlp: registers the pipeli
     fp32_out = fp32_doc._.trf_data.model_output.last_hidden_state
     bf16_out = bf16_doc._.trf_data.model_output.last_hidden_state
     assert bf16_out.dtype == numpy.float32 and bf16_out.shape == fp32_out.shape
-    # bf16 keeps 8 bits of mantissa: close to fp32, yet not equal (so the autocast did run).
+    # bf16 keeps 8 bits of mantissa: close to fp32, yet not equal (so bf16 did run).
     assert numpy.abs(bf16_out - fp32_out).max() < 0.1 * numpy.abs(fp32_out).max()
     assert not numpy.array_equal(bf16_out, fp32_out)
     assert [(e.start, e.end, e.label_) for e in bf16_doc.ents] == [(e.start, e.end, e.label_) for e in fp32_doc.ents]
+
+
+def test_bf16_inference_runs_on_a_bf16_copy_of_the_current_weights(project, nlp):
+    import copy
+
+    import torch
+
+    model = load(project, True)
+    hf_model = model.get_pipe("transformer").model.layers[0].shims[0]._model
+    text = " ".join(w for w, _ in make_sentence(random.Random(8)))
+
+    def bf16_copy_output(doc):
+        wordpieces = doc._.trf_data.wordpieces
+        bf16_model = copy.deepcopy(hf_model).to(torch.bfloat16).eval()
+        with torch.no_grad():
+            output = bf16_model(input_ids=torch.as_tensor(wordpieces.input_ids),
+                                attention_mask=torch.as_tensor(wordpieces.attention_mask))
+        return output.last_hidden_state.float().numpy()
+
+    doc = model(text)
+    assert numpy.array_equal(doc._.trf_data.model_output.last_hidden_state, bf16_copy_output(doc))
+    # The stored weights stay fp32; a change to them is seen by the next call (nothing stale is kept).
+    assert all(p.dtype == torch.float32 for p in hf_model.parameters())
+    with torch.no_grad():
+        hf_model.transformer.layer[0].ffn.lin1.weight.mul_(1.5)
+    changed = model(text)
+    assert not numpy.array_equal(changed._.trf_data.model_output.last_hidden_state,
+                                 doc._.trf_data.model_output.last_hidden_state)
+    assert numpy.array_equal(changed._.trf_data.model_output.last_hidden_state, bf16_copy_output(changed))
+    assert hf_model.training  # left in training mode, as thinc's shim leaves it
 
 
 def test_bf16_training_step_updates_the_transformer(project, nlp):
@@ -123,7 +153,7 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
 
     def train_step(train_fill):
         hf_model.zero_grad(set_to_none=True)
-        forward = transformer_model.by_length(transformer_model.pytorch_forward, 0, train_fill)
+        forward = transformer_model.by_length(False, 0, train_fill)
         output, backprop = forward(layer, wordpieces, True)
         d_output = ModelOutput()
         d_output["output_0"] = gradient
@@ -187,6 +217,9 @@ def test_fused_adam_takes_thincs_adamw_step(project, nlp):
         assert torch.allclose(fused_params[name], p, rtol=1e-5, atol=1e-7), name
     assert fused_optimizer.nr_update == thinc_optimizer.nr_update
     for key, moment in thinc_optimizer.mom2.items():
-        assert numpy.allclose(fused_optimizer.mom1[key], thinc_optimizer.mom1[key], rtol=1e-5, atol=1e-9), key
+        # The first moment sums gradients of both signs: where they cancel, the rounding of the
+        # clipping scales is relatively large, so the bound scales with the largest moment.
+        mom1 = thinc_optimizer.mom1[key]
+        assert numpy.allclose(fused_optimizer.mom1[key], mom1, rtol=1e-5, atol=1e-6 * numpy.abs(mom1).max()), key
         # thinc's kernel rounds 1 - beta2 to float32 (0.00099998713): 1.3e-5 apart, relatively.
         assert numpy.allclose(fused_optimizer.mom2[key], moment, rtol=3e-5, atol=1e-12), key
