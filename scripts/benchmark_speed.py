@@ -104,8 +104,8 @@ def variants(model: str, backbone: str, gpu_id: int, batch_size: Optional[int],
             f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False), texts),
             f"hf_pipeline_{low}": (hf_runner(backbone, low, gpu_id, batch_size), texts),
         })
-    if gpu_id < 0 and cpu_has_native_bf16():
-        runs["hf_pipeline_bf16_weights"] = (hf_runner(backbone, "bf16_weights", gpu_id, batch_size), texts)
+        if gpu_id < 0:
+            runs["hf_pipeline_bf16_weights"] = (hf_runner(backbone, "bf16_weights", gpu_id, batch_size), texts)
     return runs
 
 

@@ -21,9 +21,9 @@ fp32. `mixed_precision` only autocasts on CUDA, so with `cpu_bf16 = true`, whene
 on the CPU, the transformer's training forward pass (and so its backward pass) runs under
 `torch.autocast("cpu", torch.bfloat16)`, and its inference runs on a bf16 copy of the weights, made
 once per batch of Docs (`torch.func.functional_call`): no casts of weights and activations around
-every matrix product, and the elementwise work in bf16 too (10% faster than autocast over the test
-split). The stored weights and the optimizer stay fp32, and the outputs are cast back to fp32 for
-the layers that follow. Switch it off at load time with
+every matrix product, and the elementwise work in bf16 too (2% to 13% faster than autocast over the
+test split: BENCHMARKS.md). The stored weights and the optimizer stay fp32, and the outputs are
+cast back to fp32 for the layers that follow. Switch it off at load time with
 `spacy.load(name, config={"components": {"transformer": {"model": {"cpu_bf16": False}}}})`.
 
 Bundled into the packaged model with `spacy package --code`: it imports only installed libraries.
@@ -54,8 +54,6 @@ def to_fp32(model_output: ModelOutput) -> ModelOutput:
 
 
 def cpu_bf16_forward(model: Model, wordpieces: WordpieceBatch, is_train: bool) -> Tuple[Any, Callable]:
-    if model.shims[0]._model.device.type != "cpu":
-        return pytorch_forward(model, wordpieces, is_train)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model_output, backprop = pytorch_forward(model, wordpieces, is_train)
     return to_fp32(model_output), backprop
