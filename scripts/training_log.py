@@ -5,7 +5,7 @@ With `checkpoints` set, it also keeps the pipeline of every evaluation as <check
 so that a benchmark can score the model it had at any point of the dev curve.
 
 "seconds" is the training time so far without the dev evaluations and the checkpoints, as the
-reference Trainer's time is taken (scripts/reference_train.py leaves its scoring out);
+reference Trainer's time is taken (benchmarks/reference_train.py leaves its scoring out);
 "wall_seconds" is the whole wall time since the first step, and "scoring_seconds" the difference.
 
 The progress bar only shows on a terminal (tqdm turns itself off otherwise), so CI logs keep

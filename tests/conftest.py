@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT / folder) for folder in ("scripts", "model_code", "annotate", "benchmarks")]
 
 
 def pytest_configure(config):
@@ -96,8 +96,8 @@ def conll_dir(tmp_path_factory) -> Path:
     return write_conll_dir(tmp_path_factory.mktemp("conll"))
 
 
-PROJECT_FILES = ["project.yml", "configs", "scripts", "examples"]
-CODE = "scripts/seqeval_scorer.py,scripts/transformer_model.py,scripts/entity_confidence.py,scripts/long_texts.py"
+PROJECT_FILES = ["project.yml", "configs", "scripts", "model_code", "annotate", "benchmarks", "examples"]
+CODE = "model_code/seqeval_scorer.py,model_code/transformer_model.py,model_code/entity_confidence.py,model_code/long_texts.py"
 
 
 def run_checked(cmd, cwd, env=None, input_text=None):
@@ -126,7 +126,7 @@ def project(tmp_path_factory, tiny_transformer, conll_dir) -> Path:
     for name in PROJECT_FILES:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, project_dir / name)
+            shutil.copytree(source, project_dir / name, ignore=shutil.ignore_patterns("runs", "__pycache__"))
         else:
             shutil.copy(source, project_dir / name)
     project_run_all(project_dir, tiny_transformer, conll_dir)

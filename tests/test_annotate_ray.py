@@ -56,7 +56,7 @@ def ray_model(project, tmp_path_factory):
     components.write_text(TEST_COMPONENTS)
     model = root / "model"
     run_checked([sys.executable, "-c", f"""
-import sys; sys.path[:0] = ["scripts", {str(root)!r}]
+import sys; sys.path[:0] = ["model_code", {str(root)!r}]
 import transformer_model, entity_confidence, seqeval_scorer, test_components, spacy
 nlp = spacy.load("training/model-release")
 nlp.add_pipe("die_once", config={{"flag_path": {str(root / "died")!r}}})
@@ -71,7 +71,7 @@ nlp.to_disk({str(model)!r})
 
 def annotate_ray(project, input_path, output_dir, ray_model, *args, check=True):
     model, code, _ = ray_model
-    cmd = [sys.executable, "scripts/annotate_ray.py", str(input_path), str(output_dir), "--model", str(model),
+    cmd = [sys.executable, "annotate/annotate_ray.py", str(input_path), str(output_dir), "--model", str(model),
            "--code", code, "--workers", "2", *args]
     if check:
         result = run_checked(cmd, cwd=project)
@@ -84,7 +84,7 @@ def predict_entities(project, source: Path, ray_model, tmp_path):
     """predict's entities for the records of a JSONL file, by id."""
     model, code, _ = ray_model
     output = tmp_path / f"{source.stem}-predicted.jsonl"
-    run_checked([sys.executable, "scripts/predict.py", str(source), "--output", str(output), "--model", str(model),
+    run_checked([sys.executable, "annotate/predict.py", str(source), "--output", str(output), "--model", str(model),
                  "--code", code, "--on-error", "skip"], cwd=project)
     return {r["id"]: r["entities"] for r in map(json.loads, output.read_text().splitlines())}
 

@@ -22,7 +22,7 @@ def test_every_evaluation_is_kept_and_scored(project, tiny_transformer, nlp, tmp
                  "--batch-size", "300", "--keep-checkpoints", str(checkpoints)], cwd=ROOT)
     assert sorted(path.name for path in checkpoints.iterdir()) == ["step-0", "step-3", "step-6"]
     curve_path = tmp_path / "test_curve.json"
-    run_checked([sys.executable, "scripts/score_checkpoints.py", str(checkpoints), str(project / "corpus/test.spacy"),
+    run_checked([sys.executable, "benchmarks/score_checkpoints.py", str(checkpoints), str(project / "corpus/test.spacy"),
                  "--train-log", str(output / "train_log.jsonl"), "--output", str(curve_path), "--code", CODE],
                 cwd=ROOT)
     curve = json.loads(curve_path.read_text())

@@ -77,7 +77,7 @@ def test_predict_on_gpu(project, tmp_path):
     outputs = {}
     for device in ("-1", "0"):
         outputs[device] = tmp_path / f"out{device}.jsonl"
-        run_checked([sys.executable, "scripts/predict.py", str(source), "--model", "training/model-release",
+        run_checked([sys.executable, "annotate/predict.py", str(source), "--model", "training/model-release",
                      "--code", CODE, "--output", str(outputs[device]), "--gpu-id", device], cwd=project)
     on_cpu, on_gpu = ([json.loads(line) for line in path.read_text().splitlines()] for path in outputs.values())
     assert [r["id"] for r in on_gpu] == [0, 1, 2]

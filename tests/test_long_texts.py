@@ -116,7 +116,7 @@ def test_predict_annotates_a_record_over_the_limit_whole(project, nlp, tmp_path)
     source.write_text(json.dumps({"id": 1, "text": "Angela Merkel met Reuters in London ."}) + "\n"
                       + json.dumps({"id": 2, "text": text}) + "\n" + json.dumps({"id": 3, "text": MARKER}) + "\n")
     output = tmp_path / "out.jsonl"
-    run_checked([sys.executable, "scripts/predict.py", str(source), "--output", str(output), "--on-error", "skip",
+    run_checked([sys.executable, "annotate/predict.py", str(source), "--output", str(output), "--on-error", "skip",
                  "--model", "training/model-release", "--code", CODE], cwd=project)
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["id"] for r in records] == [1, 2, 3]

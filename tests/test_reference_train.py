@@ -1,4 +1,4 @@
-"""The reference method of the benchmark (scripts/reference_train.py): the notebook's sub-word label
+"""The reference method of the benchmark (benchmarks/reference_train.py): the notebook's sub-word label
 alignment, and a training run that writes its scores and a model the HF pipeline can load."""
 import json
 import sys
@@ -44,7 +44,7 @@ def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_tr
 
     corpus = project / "corpus"
     output, model_dir = tmp_path / "reference.json", tmp_path / "reference-model"
-    run_checked([sys.executable, "scripts/reference_train.py", str(corpus / "train.spacy"), str(corpus / "dev.spacy"),
+    run_checked([sys.executable, "benchmarks/reference_train.py", str(corpus / "train.spacy"), str(corpus / "dev.spacy"),
                  str(corpus / "test.spacy"), str(tiny_transformer), "--output", str(output),
                  "--model-dir", str(model_dir), "--epochs", "1", "--precision", "bf16"], cwd=project)
     result = json.loads(output.read_text())

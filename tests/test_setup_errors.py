@@ -96,8 +96,8 @@ def test_every_step_that_takes_gpu_id_stops_in_one_line(script, tmp_path):
     args = {
         "train": ["scripts/train.py", CONFIG, "--output", str(tmp_path / "out"), "--code", CODE],
         "evaluate": ["scripts/evaluate.py", "no-such-model", str(data), "--output", str(tmp_path / "t.json")],
-        "predict": ["scripts/predict.py", "--text", "Bill Gates", "--model", "no-such-model"],
-        "benchmark_speed": ["scripts/benchmark_speed.py", "no-such-model", str(data), "no-such-backbone",
+        "predict": ["annotate/predict.py", "--text", "Bill Gates", "--model", "no-such-model"],
+        "benchmark_speed": ["benchmarks/benchmark_speed.py", "no-such-model", str(data), "no-such-backbone",
                             "--output", str(tmp_path / "s.json")],
     }[script]
     result = run_script([*args, "--gpu-id", "0"])

@@ -22,6 +22,9 @@ import fnmatch
 import hashlib
 import json
 import re
+import shutil
+import sys
+import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -32,12 +35,14 @@ import pyarrow.fs
 import pyarrow.parquet
 import typer
 
+# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
 from annotation import AnnotationFailure, annotate_texts, parse_jsonl_line
 from project_util import SetupError, check_device, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
 INPUT_SUFFIXES = (".jsonl", ".parquet")
-SCRIPTS_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 ENTITY_TYPE = pyarrow.list_(pyarrow.struct([
     ("entity_group", pyarrow.string()), ("score", pyarrow.float64()), ("word", pyarrow.string()),
     ("start", pyarrow.int64()), ("end", pyarrow.int64()),
@@ -196,8 +201,12 @@ def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: i
     actor that dies and retries its file. Returns a summary per file."""
     import ray
 
-    # The workers import the project's scripts (annotation.py, long_texts.py, ...) from this directory.
-    ray.init(address=address or None, include_dashboard=False, runtime_env={"working_dir": str(SCRIPTS_DIR)},
+    # The workers import annotation.py, project_util.py and the packaged code from one flat directory.
+    worker_code = tempfile.TemporaryDirectory(prefix="annotate-ray-code-")
+    for folder in ("annotate", "scripts", "model_code"):
+        for module in (PROJECT_DIR / folder).glob("*.py"):
+            shutil.copy(module, worker_code.name)
+    ray.init(address=address or None, include_dashboard=False, runtime_env={"working_dir": worker_code.name},
              log_to_driver=False)
     if gpus_per_worker > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_worker:
         typer.echo(f"Error: --gpus-per-worker {gpus_per_worker}, but the Ray cluster has no GPUs. "
@@ -217,6 +226,7 @@ def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: i
         raise typer.Exit(1)
     finally:
         ray.shutdown()  # so that no message of Ray's comes after the summary
+        worker_code.cleanup()
 
 
 @app.command()

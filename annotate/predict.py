@@ -26,6 +26,8 @@ from spacy.language import Language
 from spacy.util import minibatch
 from tqdm import tqdm
 
+# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
 from annotation import AnnotationFailure, Entities, annotate_texts, parse_jsonl_line
 from project_util import atomic_output, atomic_write_text, import_code_paths, one_line_errors, use_device
 

@@ -3,11 +3,14 @@ every committed CPU run into BENCHMARKS.md, between its `results:start` and `res
 markers: speed like for like (ours and the HF pipeline at the same precision), accuracy, and
 training against the reference notebook's method trained in the same run."""
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import typer
 
+# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
 from project_util import atomic_write_text, read_json, replace_between_markers
 
 app = typer.Typer(add_completion=False)
@@ -94,7 +97,7 @@ def main(
     reference = read_json(run_dir / "reference.json")
     meta = read_json(run_dir / "training" / "model-best" / "meta.json")
     curve = [json.loads(line) for line in (run_dir / "training" / "train_log.jsonl").read_text().splitlines()]
-    # The test F1 of each checkpoint bench-train kept (scripts/score_checkpoints.py), where there is one.
+    # The test F1 of each checkpoint bench-train kept (benchmarks/score_checkpoints.py), where there is one.
     test_curve = read_json(run_dir / "test_curve.json") if (run_dir / "test_curve.json").exists() else []
     wps = speed["words_per_second"]
     train_seconds = read_json(run_dir / "training" / "train_time.json")["train_seconds"]
@@ -144,7 +147,7 @@ def main(
         "machine": speed["machine"],
     }
     atomic_write_text(results_dir / f"{run_name}.json", json.dumps(result, indent=2) + "\n")
-    # The GPU runs (scripts/gpu_report.py) have a table of their own.
+    # The GPU runs (benchmarks/gpu_report.py) have a table of their own.
     results = [read_json(path) for path in sorted(results_dir.glob("*.json")) if not path.stem.endswith("-gpu")]
     replace_between_markers(benchmarks_md, START, END, results_table(results))
     typer.echo(results_table([result]))
