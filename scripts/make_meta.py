@@ -8,16 +8,28 @@ table from that meta, followed by the card's sections, each score labelled with 
 test scores overall and per type, the calibration on test (before and after), the dev scores, how
 to load the model and read `ent._.confidence`, intended use and limits, and the licenses. In the
 pipeline directory, `spacy package` takes it instead of generating one.
+
+The backbone the card names is the one that was trained: the transformer's name in the pipeline's
+config, its architecture and size from the weights stored in the pipeline, and for a local directory
+its own config.json and model card (`license:`). Only a name, URL or license passed explicitly
+overrides what is found; what cannot be found is said to be unknown, never guessed.
 """
 import json
+import re
 import shutil
+import tempfile
 from importlib.metadata import version
+from io import BytesIO
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
+import srsly
+import torch
 import typer
 from packaging.requirements import Requirement
 from spacy.cli.package import generate_readme
+from spacy.util import load_config
+from transformers import AutoTokenizer
 
 from project_util import atomic_write_text, read_json
 
@@ -49,7 +61,68 @@ def calibration_rows(confidence: Dict[str, Any]) -> List[str]:
     return rows
 
 
-def card_sections(meta: Dict[str, Any], backbone: Dict[str, str]) -> str:
+def local_model_card_license(model_dir: Path) -> Optional[str]:
+    """The `license:` of a Hugging Face model card's front matter (README.md), if there is one."""
+    readme = model_dir / "README.md"
+    text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
+    front_matter = re.match(r"---\n(.*?)\n---", text, re.S)
+    found = front_matter and re.search(r"^license:\s*(\S+)", front_matter.group(1), re.M)
+    return found.group(1) if found else None
+
+
+def trained_backbone(pipeline_dir: Path) -> Dict[str, Any]:
+    """What the pipeline's transformer is: the name it was trained from, and its architecture, size
+    and casing from the weights and tokenizer that spacy-transformers stored in the pipeline."""
+    trained_name = load_config(pipeline_dir / "config.cfg", interpolate=False)["components"]["transformer"]["model"]["name"]
+    # thinc's Model.to_bytes: a list of shims per layer; the one shim is spacy-transformers' HFShim,
+    # whose bytes hold the HF config, the weights and the tokenizer files.
+    layers = srsly.msgpack_loads((pipeline_dir / "transformer" / "model").read_bytes())
+    stored = srsly.msgpack_loads(next(shim for shims in layers["shims"] for shim in shims))
+    hf_config = stored["config"]
+    state = torch.load(BytesIO(stored["state"]), map_location="cpu", weights_only=True)
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        for file_name, content in stored["tokenizer"].items():
+            if isinstance(content, bytes):
+                (Path(tokenizer_dir) / file_name).write_bytes(content)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **stored["tokenizer"].get("kwargs", {}))
+    backbone = {
+        "trained_name": trained_name,
+        "model_type": hf_config.get("model_type", "unknown"),
+        "layers": hf_config.get("num_hidden_layers", hf_config.get("n_layers")),
+        "hidden": hf_config.get("hidden_size", hf_config.get("dim")),
+        "parameters": sum(tensor.numel() for tensor in state.values() if tensor.is_floating_point()),
+        "cased": tokenizer.tokenize("Paris") != tokenizer.tokenize("paris"),
+        "name": trained_name, "url": None, "license": None, "based_on": None,
+    }
+    local_dir = Path(trained_name)
+    if local_dir.is_dir():
+        # A save_pretrained directory: named after itself; its config.json may name what it was made from.
+        backbone["name"] = local_dir.resolve().name
+        own_config = srsly.read_json(local_dir / "config.json") if (local_dir / "config.json").is_file() else {}
+        backbone["based_on"] = own_config.get("_name_or_path") or None
+        backbone["license"] = local_model_card_license(local_dir)
+    else:
+        backbone["url"] = f"https://huggingface.co/{trained_name}"
+    return backbone
+
+
+def backbone_summary(backbone: Dict[str, Any]) -> str:
+    """One line: what the backbone is and how big, e.g. "bert, 6 layers, hidden 384, 22.7M parameters, uncased"."""
+    size = f"{backbone['parameters'] / 1e6:.1f}M" if backbone["parameters"] >= 1e5 else f"{backbone['parameters']:,}"
+    layers = f"{backbone['layers']} layer{'' if backbone['layers'] == 1 else 's'}"
+    return (f"{backbone['model_type']}, {layers}, hidden {backbone['hidden']}, {size} parameters, "
+            f"{'cased' if backbone['cased'] else 'uncased'}")
+
+
+def backbone_source_line(backbone: Dict[str, Any]) -> str:
+    where = f" ({backbone['url']})" if backbone["url"] else f" (a local directory, trained from `{backbone['trained_name']}`)"
+    based_on = f"; its config names `{backbone['based_on']}` as its origin" if backbone["based_on"] else ""
+    license_text = backbone["license"] or "not recorded (pass --vars.backbone_license)"
+    return (f"- Backbone: **{backbone['name']}**{where}: {backbone_summary(backbone)}{based_on}; license "
+            f"{license_text}; fine-tuned here.")
+
+
+def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any]) -> str:
     name = f"{meta['lang']}_{meta['name']}"
     test, dev = meta["test_performance"], meta["performance"]
     lines = [
@@ -105,7 +178,7 @@ def card_sections(meta: Dict[str, Any], backbone: Dict[str, str]) -> str:
         "",
         "### Sources and licenses",
         "",
-        f"- Backbone: {backbone['name']} ({backbone['url']}), license {backbone['license']}, fine-tuned here.",
+        backbone_source_line(backbone),
         f"- Training data: {CONLL['name']}, {CONLL['url']}; the text comes from the Reuters Corpus (RCV1) and "
         "is distributed for research under the Reuters/NIST agreement: check its terms before commercial use.",
         "- Code (the project and the code bundled in this package): MIT.",
@@ -121,9 +194,11 @@ def main(
     name: str = typer.Option(..., help="Package name without the language prefix, as `spacy package --name`"),
     package_version: str = typer.Option(..., "--version", help="Package version, as `spacy package --version`"),
     requirement: List[str] = typer.Option(["seqeval"], "--requirement", "-r", help="Package the bundled code needs"),
-    backbone_name: str = typer.Option("distilbert-base-cased", help="The transformer's name"),
-    backbone_url: str = typer.Option("https://huggingface.co/distilbert-base-cased", help="Where it came from"),
-    backbone_license: str = typer.Option("Apache-2.0", help="Its license"),
+    backbone_name: str = typer.Option("", help="The transformer's name, if not the one it was trained from"),
+    backbone_url: str = typer.Option("", help="Where the transformer came from (default: its hub page)"),
+    backbone_license: str = typer.Option("", help="Its license (default: its model card's, if it has one)"),
+    author: str = typer.Option("", help="The model's author, for the card (empty: no Author row)"),
+    url: str = typer.Option("", help="The author's or project's URL, for the card"),
 ):
     meta = read_json(model_dir / "meta.json")
     meta.update({"name": name, "version": package_version})
@@ -133,22 +208,35 @@ def main(
     test = read_json(test_scores)
     meta["test_performance"] = test
     meta["calibration"] = test.get("confidence")
-    backbone = {"name": backbone_name, "url": backbone_url, "license": backbone_license}
+    backbone = trained_backbone(model_dir)
+    explicit = {"name": backbone_name, "url": backbone_url, "license": backbone_license}
+    backbone.update({key: value for key, value in explicit.items() if value})
     meta.update({
         "description": (f"English named entities (PER, ORG, LOC, MISC) with calibrated confidences: "
-                        f"{backbone_name} fine-tuned on CoNLL-2003 with spaCy. Test seqeval F1 "
-                        f"{test['seqeval_f']:.4f}."),
-        "sources": [{**backbone, "author": "Hugging Face hub"}, CONLL],
-        "license": f"MIT (code), {backbone_license} (backbone); CoNLL-2003 data terms apply",
-        "author": "the CoNLL NER spaCy project",
+                        f"{backbone['name']} ({backbone_summary(backbone)}) fine-tuned on CoNLL-2003 with spaCy. "
+                        f"Test seqeval F1 {test['seqeval_f']:.4f}."),
+        "sources": [{"name": backbone["name"], "url": backbone["url"] or "", "license": backbone["license"] or "",
+                     "author": "Hugging Face hub" if backbone["url"] else "local directory"}, CONLL],
+        "license": (f"MIT (code), {backbone['license'] or 'backbone license not recorded'}"
+                    f"{' (backbone)' if backbone['license'] else ''}; CoNLL-2003 data terms apply"),
+        "backbone": backbone,
         "notes": card_sections(meta, backbone),
     })
+    meta.pop("author", None)
+    meta.pop("url", None)
+    if author:
+        meta["author"] = author
+    if url:
+        meta["url"] = url
     shutil.rmtree(package_dir, ignore_errors=True)
     shutil.copytree(model_dir, package_dir)
     atomic_write_text(package_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
     # spaCy's README table, without its unlabelled "Accuracy" table (dev scores and losses): the
     # card's sections label each split.
-    atomic_write_text(package_dir / "README.md", generate_readme({k: v for k, v in meta.items() if k != "performance"}))
+    readme = generate_readme({k: v for k, v in meta.items() if k != "performance"})
+    if not author:  # spaCy's table always has an Author row; without an author it would say "n/a"
+        readme = "".join(line for line in readme.splitlines(keepends=True) if not line.startswith("| **Author** |"))
+    atomic_write_text(package_dir / "README.md", readme)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def test_defaults_are_distilbert_on_gpu_from_the_hub():
     assert (project_vars["hub_id"], project_vars["hub_revision"]) == ("eriktks/conll2003", "refs/convert/parquet")
 
 
-def test_installed_model_card(installed_model):
+def test_installed_model_card(installed_model, tiny_transformer):
     info = run_in_clean_process(installed_model, """
 import json, pathlib, spacy
 nlp = spacy.load("en_conll_distilbert")
@@ -140,20 +140,28 @@ print(json.dumps({"meta": nlp.meta, "readme": next(package_dir.glob("*/README.md
 """)
     meta, readme = info["meta"], info["readme"]
     assert meta["description"].startswith("English named entities (PER, ORG, LOC, MISC)")
-    assert [source["name"] for source in meta["sources"]][0] == "distilbert-base-cased"
+    # The card names the model that was trained (the tiny local one), never the project's default.
+    assert [source["name"] for source in meta["sources"]][0] == tiny_transformer.name
+    assert "distilbert-base-cased" not in json.dumps(meta) and "distilbert-base-cased" not in readme
+    assert meta["backbone"]["trained_name"] == str(tiny_transformer)
+    assert (meta["backbone"]["model_type"], meta["backbone"]["layers"], meta["backbone"]["hidden"]) == ("distilbert", 1, 32)
+    assert meta["backbone"]["cased"] is True and 10_000 < meta["backbone"]["parameters"] < 100_000
     assert "CoNLL-2003" in meta["sources"][1]["name"] and "Reuters" in meta["sources"][1]["license"]
-    assert "MIT" in meta["license"] and "Apache-2.0" in meta["license"]
+    assert "MIT" in meta["license"] and "backbone license not recorded" in meta["license"]
+    # No author was given: no Author row, and no link to nothing.
+    assert "| **Author** |" not in readme and "]()" not in readme
     assert meta["calibration"]["calibrated"]["ece"] == meta["test_performance"]["confidence"]["calibrated"]["ece"]
     test, dev = meta["test_performance"], meta["performance"]
     for text in (
-        meta["description"], "Sources", "distilbert-base-cased", "CoNLL-2003",
+        meta["description"], "Sources", f"Backbone: **{tiny_transformer.name}**", "distilbert, 1 layer, hidden 32",
+        "parameters, cased", "CoNLL-2003",
         "Scores on the **test** split", f"| **overall** | {test['seqeval_p']:.4f} | {test['seqeval_r']:.4f} "
         f"| {test['seqeval_f']:.4f} |", f"| MISC | {test['seqeval_per_type']['MISC']['p']:.4f}",
         "Confidence calibration on the **test** split", f"{test['confidence']['calibrated']['ece']:.4f}",
         f"{test['confidence']['uncalibrated']['ece']:.4f}", "Scores on the **dev** split",
         f"| **overall** | {dev['seqeval_p']:.4f} | {dev['seqeval_r']:.4f} | {dev['seqeval_f']:.4f} |",
         'spacy.load("en_conll_distilbert")', "ent._.confidence", "Intended use and limits", "English news",
-        "license Apache-2.0", "Code (the project and the code bundled in this package): MIT",
+        "license not recorded", "Code (the project and the code bundled in this package): MIT",
     ):
         assert text in readme, text
     assert "n/a" not in readme and "TRANSFORMER_LOSS" not in readme
