@@ -1,7 +1,7 @@
-"""Collect one benchmark run into benchmarks/results/<run>.json and render the results tables of
-every committed CPU run into BENCHMARKS.md, between its `results:start` and `results:end`
-markers: speed like for like (ours and the HF pipeline at the same precision), accuracy, and
-training against the reference notebook's method trained in the same run."""
+"""Collect one benchmark run into benchmarks/results/<run>.json and render its results tables into
+BENCHMARKS.md, between its `results:start` and `results:end` markers: speed like for like (ours
+and the HF pipeline at the same precision), accuracy, and training against the reference notebook's
+method trained in the same run. Earlier runs stay in benchmarks/results/ and in git history."""
 import json
 import sys
 from pathlib import Path
@@ -147,9 +147,7 @@ def main(
         "machine": speed["machine"],
     }
     atomic_write_text(results_dir / f"{run_name}.json", json.dumps(result, indent=2) + "\n")
-    # The GPU runs (benchmarks/gpu_report.py) have a table of their own.
-    results = [read_json(path) for path in sorted(results_dir.glob("*.json")) if not path.stem.endswith("-gpu")]
-    replace_between_markers(benchmarks_md, START, END, results_table(results))
+    replace_between_markers(benchmarks_md, START, END, results_table([result]))
     typer.echo(results_table([result]))
 
 
