@@ -37,7 +37,7 @@ import typer
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from annotation import AnnotationFailure, annotate_texts, parse_jsonl_line
+from annotation import CPU_BATCH, GPU_BATCH, AnnotationFailure, annotate_texts, parse_jsonl_line
 from project_util import SetupError, check_device, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
@@ -195,10 +195,13 @@ class Annotator:
                 "annotated": len(rows), "malformed": len(malformed), "words": words}
 
 
-def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: int, cpus_per_worker: int,
-               gpus_per_worker: float, annotator_kwargs: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Ray Data hands each pending input file to one of WORKERS Annotator actors; Ray restarts an
-    actor that dies and retries its file. Returns a summary per file."""
+def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: int, cpus_per_worker: float,
+               gpus_per_worker: float, annotator_kwargs: Dict[str, Any], local_gpus: Optional[float] = None,
+               annotator: type = Annotator) -> List[Dict[str, Any]]:
+    """Ray Data hands each pending input file to one of WORKERS actors of class ANNOTATOR, each with
+    CPUS_PER_WORKER CPUs and GPUS_PER_WORKER GPUs (a fraction: several actors share one GPU); Ray
+    restarts an actor that dies and retries its file. A local Ray (no ADDRESS) schedules LOCAL_GPUS
+    GPUs (None: those it detects). Returns a summary per file."""
     import ray
 
     # The workers import annotation.py, project_util.py and the packaged code from one flat directory.
@@ -207,14 +210,22 @@ def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: i
         for module in (PROJECT_DIR / folder).glob("*.py"):
             shutil.copy(module, worker_code.name)
     ray.init(address=address or None, include_dashboard=False, runtime_env={"working_dir": worker_code.name},
-             log_to_driver=False)
-    if gpus_per_worker > 0 and ray.cluster_resources().get("GPU", 0) < gpus_per_worker:
+             log_to_driver=False, **({} if address else {"num_gpus": local_gpus}))
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus_per_worker > 0 and cluster_gpus < gpus_per_worker:
+        ray.shutdown()
         typer.echo(f"Error: --gpus-per-worker {gpus_per_worker}, but the Ray cluster has no GPUs. "
                    "Fix: run where Ray sees GPUs, or use --gpus-per-worker 0.", err=True)
         raise typer.Exit(1)
+    if not address and workers * gpus_per_worker > cluster_gpus:
+        ray.shutdown()
+        typer.echo(f"Error: --workers {workers} with --gpus-per-worker {gpus_per_worker} need "
+                   f"{workers * gpus_per_worker:g} GPUs, and this machine has {cluster_gpus:g}. Fix: fewer workers, "
+                   f"or a fraction such as --gpus-per-worker {cluster_gpus / workers:g} to share them.", err=True)
+        raise typer.Exit(1)
     try:
         return ray.data.from_items(pending).map_batches(
-            Annotator, fn_constructor_kwargs=annotator_kwargs, batch_size=1, concurrency=workers,
+            annotator, fn_constructor_kwargs=annotator_kwargs, batch_size=1, concurrency=workers,
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
         ).take_all()
     except ray.exceptions.RayError as err:
@@ -235,11 +246,16 @@ def main(
     output_dir: str = typer.Argument(..., help="Directory (local or URI) for one output file per input file"),
     model: str = typer.Option("en_conll_distilbert", "--model", "-m", help="Installed package or pipeline dir"),
     workers: int = typer.Option(1, "--workers", "-w", help="Ray actors, each holding the model once"),
-    cpus_per_worker: int = typer.Option(1, "--cpus-per-worker", help="CPUs (and torch threads) per actor"),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs per actor; 0 runs on CPUs"),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0.01,
+                                          help="CPUs per actor (its torch threads: this, rounded, at least 1)"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
+                                          help="GPUs per actor; a fraction shares a GPU (0.25: four actors on one); 0 runs on CPUs"),
+    local_gpus: Optional[float] = typer.Option(None, "--local-gpus", min=0.0,
+                                               help="GPUs a local Ray schedules (default: the ones it detects)"),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (default: a local Ray)"),
     output_format: str = typer.Option("parquet", "--format", help="parquet or jsonl"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Records per nlp.pipe batch"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                             help=f"Records per nlp.pipe batch (default: {CPU_BATCH} on CPUs, {GPU_BATCH} on GPUs)"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
 ):
     """Find PER, ORG, LOC and MISC entities in every record of INPUT, on Ray Data."""
@@ -262,15 +278,17 @@ def main(
         if gpus_per_worker > 0 and not address:
             with one_line_errors():
                 check_device(0)
-        summaries = run_on_ray(pending, address, workers, cpus_per_worker, gpus_per_worker, {
+        annotator_kwargs = {
             "model": str(Path(model).resolve()) if Path(model).exists() else model,
             "code_paths": ",".join(str(Path(p).resolve()) for p in filter(None, code_paths.split(","))),
-            "use_gpu": gpus_per_worker > 0, "batch_size": batch_size,
+            "use_gpu": gpus_per_worker > 0, "batch_size": batch_size or (GPU_BATCH if gpus_per_worker > 0 else CPU_BATCH),
             "output_dir": output_dir if "://" in output_dir else output_path, "output_format": output_format,
-            "threads": cpus_per_worker})
+            "threads": max(1, round(cpus_per_worker))}
+        summaries = run_on_ray(pending, address, workers, cpus_per_worker, gpus_per_worker, annotator_kwargs, local_gpus)
     seconds = time.perf_counter() - start
     totals = {key: sum(s[key] for s in summaries) for key in ("records", "annotated", "malformed", "words")}
     summary = {"files": len(summaries), "skipped_files": len(inputs) - len(pending), **totals, "workers": workers,
+               "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
                "seconds": round(seconds, 2),
                "words_per_second": round(totals["words"] / seconds, 1) if summaries else 0.0}
     typer.echo(f"Annotated {totals['annotated']} of {totals['records']} record(s) in {len(summaries)} file(s), "

@@ -16,6 +16,8 @@ from spacy.tokens import Doc, Span
 from long_texts import pipe_texts
 
 Entities = List[Dict[str, Any]]
+# Texts per nlp.pipe batch by default: on a GPU, bigger batches give the transformer fuller forward passes.
+CPU_BATCH, GPU_BATCH = 32, 256
 
 
 class AnnotationFailure(str):

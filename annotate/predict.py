@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from annotation import AnnotationFailure, Entities, annotate_texts, parse_jsonl_line
+from annotation import CPU_BATCH, GPU_BATCH, AnnotationFailure, Entities, annotate_texts, parse_jsonl_line
 from project_util import atomic_output, atomic_write_text, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
@@ -163,7 +163,9 @@ def main(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL output file (default: stdout)"),
     input_format: str = typer.Option("auto", "--format", help="auto, text or jsonl (auto: .jsonl files are JSONL)"),
     min_score: float = typer.Option(0.0, "--min-score", help="Drop entities whose confidence is below this"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Documents per nlp.pipe batch"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
+                                             help=f"Documents per nlp.pipe batch (default: {CPU_BATCH} on the CPU, "
+                                                  f"{GPU_BATCH} on a GPU, which the transformer fills better)"),
     n_process: int = typer.Option(1, "--n-process", "-n", help="Worker processes (CPU only)"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
     on_error: str = typer.Option("stop", "--on-error", help="A record that cannot be read or annotated: stop, or skip it"),
@@ -181,6 +183,7 @@ def main(
         raise typer.BadParameter("give either SOURCE or --text")
     if gpu_id >= 0 and n_process > 1:
         raise typer.BadParameter("--n-process > 1 runs on the CPU only; use --gpu-id -1")
+    batch_size = batch_size or (GPU_BATCH if gpu_id >= 0 else CPU_BATCH)
     import_code_paths(code_paths)
     with one_line_errors():
         use_device(gpu_id)

@@ -205,3 +205,57 @@ def test_gpu_workers_use_the_device_preflight(project, ray_model, corpus, tmp_pa
     result = annotate_ray(project, corpus[0], tmp_path / "out", ray_model, "--gpus-per-worker", "1", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"Error: Cannot use GPU 0: {gpu_problem(0)}" in result.stderr
+
+
+class RecordingAnnotator:
+    """Stands in for the Annotator: records the resources Ray gave its actor, and how long it held them."""
+
+    def __init__(self, **_):
+        import os
+
+        self.pid = os.getpid()
+
+    def __call__(self, files):
+        import os
+        import time
+
+        import ray
+
+        start = time.time()
+        time.sleep(1.0)
+        context = ray.get_runtime_context()
+        return {"input": [str(files["input"][0])], "pid": [self.pid], "start": [start], "end": [time.time()],
+                "gpu": [context.get_assigned_resources().get("GPU", 0.0)],
+                "cuda_visible_devices": [os.environ.get("CUDA_VISIBLE_DEVICES")]}
+
+
+def test_workers_share_a_gpu_by_fractions():
+    """Scheduling only, on the CPU: a local Ray declares one GPU that does not exist, and four actors
+    of 0.25 GPU (and 0.5 CPU) each run at the same time on it, each given the fraction asked."""
+    import ray.cloudpickle
+
+    import annotate_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
+    pending = [{"input": f"in-{i}.jsonl", "output": f"out-{i}.parquet"} for i in range(8)]
+    rows = annotate_ray.run_on_ray(pending, None, 4, 0.5, 0.25, {}, local_gpus=1, annotator=RecordingAnnotator)
+    assert sorted(row["input"] for row in rows) == sorted(item["input"] for item in pending)
+    assert {row["gpu"] for row in rows} == {0.25}
+    assert {row["cuda_visible_devices"] for row in rows} == {"0"}  # all four on the one GPU
+    assert len({row["pid"] for row in rows}) == 4
+    # How many actors were at work at once, at the moment each started.
+    most_at_once = max(sum(other["start"] <= row["start"] < other["end"] for other in rows) for row in rows)
+    assert most_at_once == 4
+
+
+def test_more_gpus_than_the_machine_has_is_a_one_line_error(capsys):
+    import typer
+
+    import annotate_ray
+
+    pending = [{"input": "in.jsonl", "output": "out.parquet"}]
+    with pytest.raises(typer.Exit):
+        annotate_ray.run_on_ray(pending, None, 4, 0.5, 0.5, {}, local_gpus=1, annotator=RecordingAnnotator)
+    error = capsys.readouterr().err
+    assert "--workers 4 with --gpus-per-worker 0.5 need 2 GPUs, and this machine has 1" in error
+    assert "--gpus-per-worker 0.25" in error

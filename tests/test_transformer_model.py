@@ -223,3 +223,91 @@ def test_fused_adam_takes_thincs_adamw_step(project, nlp):
         assert numpy.allclose(fused_optimizer.mom1[key], mom1, rtol=1e-5, atol=1e-6 * numpy.abs(mom1).max()), key
         # thinc's kernel rounds 1 - beta2 to float32 (0.00099998713): 1.3e-5 apart, relatively.
         assert numpy.allclose(fused_optimizer.mom2[key], moment, rtol=3e-5, atol=1e-12), key
+
+
+def array_and_token_pipelines(project):
+    """The same trained pipeline twice: the transformer's batches from arrays, and as
+    spacy-transformers builds them from Token objects."""
+    return [spacy.load(project / "training" / "model-best", config={
+        "components.transformer.model.array_alignment": on}) for on in (True, False)]
+
+
+def awkward_texts():
+    rng = random.Random(11)
+    sentences = [" ".join(w for w, _ in make_sentence(rng)) for _ in range(60)]
+    return [
+        sentences[0],
+        "",  # an empty Doc: no windows
+        "   ",  # whitespace only: one whitespace token, no wordpieces
+        "Bill  Gates\n\n visited   Microsoft \t in Seattle .\n",  # whitespace tokens between words
+        " ".join(sentences),  # far longer than one 128-token window
+        "Ünïcödé naïve café — “Angela Merkel” met 東京 officials ; 100,000.5 % fans !",
+        "Microsoft's CEO didn't say",  # tokens that split inside words and wordpieces across tokens
+        sentences[1] + " ",
+    ]
+
+
+def assert_same_batch(array_doc, token_doc):
+    ours, theirs = array_doc._.trf_data, token_doc._.trf_data
+    assert ours.wordpieces.strings == theirs.wordpieces.strings
+    assert ours.wordpieces.lengths == theirs.wordpieces.lengths
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        a, b = getattr(ours.wordpieces, name), getattr(theirs.wordpieces, name)
+        assert (a is None and b is None) or (numpy.array_equal(a, b) and a.dtype == b.dtype), name
+    assert numpy.array_equal(ours.align.data, theirs.align.data)
+    assert numpy.array_equal(ours.align.lengths, theirs.align.lengths)
+    assert set(ours.model_output) == set(theirs.model_output)
+    for key in theirs.model_output:
+        assert numpy.array_equal(ours.model_output[key], theirs.model_output[key]), key
+
+
+def test_array_batches_equal_spacy_transformers_batches(project, nlp):
+    by_arrays, by_tokens = array_and_token_pipelines(project)
+    texts = awkward_texts()
+    array_docs, token_docs = list(by_arrays.pipe(texts, batch_size=3)), list(by_tokens.pipe(texts, batch_size=3))
+    assert len(token_docs[4]._.trf_data.wordpieces.strings) > 1  # several windows
+    assert any(length == 0 for length in token_docs[3]._.trf_data.align.lengths)  # a token without wordpieces
+    for array_doc, token_doc in zip(array_docs, token_docs):
+        assert_same_batch(array_doc, token_doc)
+        assert [(e.start, e.end, e.label_, e._.confidence) for e in array_doc.ents] == [
+            (e.start, e.end, e.label_, e._.confidence) for e in token_doc.ents]
+    assert any(doc.ents for doc in array_docs)
+
+
+def test_offset_alignment_maps_each_token_to_the_wordpieces_over_its_characters(nlp):
+    from transformer_model import doc_offsets, offset_alignment
+
+    doc = spacy.blank("en")("ab cd")
+    spans = [doc[0:2]]
+    # [CLS] "a" "b" " cd" (covering the space and the next token) [SEP] padding
+    offset_mapping = numpy.array([[[0, 0], [0, 1], [1, 2], [2, 5], [0, 0], [0, 0]]])
+    align = offset_alignment(spans, doc_offsets(spans), offset_mapping)
+    # A token covers the character after it too: the space after "ab" takes " cd" into "ab".
+    assert align.lengths.tolist() == [3, 1] and align.data.ravel().tolist() == [1, 2, 3, 3]
+
+
+def test_array_training_batches_give_spacy_transformers_gradients(project, nlp):
+    import torch
+
+    texts = awkward_texts()
+    gradients, outputs = [], []
+    for pipeline in array_and_token_pipelines(project):
+        docs = [pipeline.make_doc(text) for text in texts]
+        model = pipeline.get_pipe("transformer").model
+        torch.manual_seed(0)  # the same dropout on both sides
+        batch, backprop = model.begin_update(docs)
+        outputs.append(batch.doc_data)
+        rng = numpy.random.default_rng(0)
+        d_outputs = [[rng.standard_normal(data.model_output.last_hidden_state.shape).astype("float32")]
+                     if data.model_output else [] for data in batch.doc_data]
+        backprop(batch.unsplit_by_doc([d for d in d_outputs if d]))
+        hf_model = model.layers[0].shims[0]._model
+        gradients.append({name: p.grad.clone() for name, p in hf_model.named_parameters() if p.grad is not None})
+    for ours, theirs in zip(*outputs):
+        assert numpy.array_equal(ours.align.data, theirs.align.data)
+        assert numpy.array_equal(ours.wordpieces.input_ids, theirs.wordpieces.input_ids)
+        for key in theirs.model_output:
+            assert numpy.array_equal(ours.model_output[key], theirs.model_output[key]), key
+    assert gradients[0].keys() == gradients[1].keys() and gradients[0]
+    for name in gradients[1]:
+        assert torch.equal(gradients[0][name], gradients[1][name]), name
