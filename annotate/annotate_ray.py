@@ -37,7 +37,8 @@ import typer
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from annotation import CPU_BATCH, GPU_BATCH, AnnotationFailure, annotate_texts, parse_jsonl_line
+from annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, annotate_texts, json_line, lone_surrogate,
+                        parse_jsonl_line)
 from project_util import SetupError, check_device, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
@@ -136,7 +137,7 @@ def write_atomically(fs: pyarrow.fs.FileSystem, path: str, write) -> None:
 
 def write_output(fs: pyarrow.fs.FileSystem, path: str, rows: List[Dict[str, Any]], output_format: str) -> None:
     if output_format == "jsonl":
-        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+        lines = "".join(json_line(row) for row in rows).encode("utf-8")
         write_atomically(fs, path, lambda stream: stream.write(lines))
         return
     table = pyarrow.Table.from_pylist(rows) if rows else pyarrow.table({"entities": pyarrow.array([], ENTITY_TYPE)})
@@ -178,6 +179,10 @@ class Annotator:
                                                                                 self.batch_size)):
                 if isinstance(entities, AnnotationFailure):
                     failed.append({"source": path, **location, "problem": f"cannot annotate ({entities})"})
+                elif self.output_format == "parquet" and lone_surrogate(fields):
+                    failed.append({"source": path, **location, "problem": (
+                        f"a field holds a lone surrogate ({lone_surrogate(fields)}), which Parquet's UTF-8 strings "
+                        "cannot store; --format jsonl keeps it as a \\u escape")})
                 else:
                     rows.append({**fields, "entities": entities})
                     words += len(text.split())
@@ -245,7 +250,7 @@ def main(
     input_uri: str = typer.Argument(..., metavar="INPUT", help="JSONL/Parquet file, directory or glob (local or URI)"),
     output_dir: str = typer.Argument(..., help="Directory (local or URI) for one output file per input file"),
     model: str = typer.Option("en_conll_distilbert", "--model", "-m", help="Installed package or pipeline dir"),
-    workers: int = typer.Option(1, "--workers", "-w", help="Ray actors, each holding the model once"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Ray actors, each holding the model once"),
     cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0.01,
                                           help="CPUs per actor (its torch threads: this, rounded, at least 1)"),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,

@@ -24,6 +24,25 @@ class AnnotationFailure(str):
     """Why a text could not be annotated (in the place of its entities)."""
 
 
+def lone_surrogate(value: Any) -> Optional[str]:
+    """The first lone surrogate (a JSON escape such as \\udc80 that is no character) in the strings of
+    VALUE, as its escape, or None. UTF-8 cannot encode one."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"\\u{ord(value[err.start]):04x}"
+        return None
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    return next(filter(None, (lone_surrogate(child) for child in children)), None)
+
+
+def json_line(record: Dict[str, Any]) -> str:
+    """RECORD as one JSON line, characters as they are; where a string holds a lone surrogate, with
+    \\u escapes instead, so that the line is still valid JSON in valid UTF-8."""
+    return json.dumps(record, ensure_ascii=lone_surrogate(record) is not None) + "\n"
+
+
 def parse_jsonl_line(raw: bytes) -> Tuple[Optional[Tuple[str, Dict[str, Any]]], str]:
     """(text, other fields), or None and what is wrong with the line."""
     try:
@@ -38,6 +57,8 @@ def parse_jsonl_line(raw: bytes) -> Tuple[Optional[Tuple[str, Dict[str, Any]]], 
         return None, f"expected a JSON object, got {type(record).__name__}"
     if not isinstance(record.get("text"), str):
         return None, "no string field 'text'"
+    if lone_surrogate(record["text"]):
+        return None, f"field 'text' holds a lone surrogate ({lone_surrogate(record['text'])}), which is no character"
     text = record.pop("text")
     return (text, record), ""
 

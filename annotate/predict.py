@@ -9,7 +9,7 @@ annotated whole (long_texts.py). A record that cannot be read (bad JSON, no `tex
 or cannot be annotated is reported with its source and line; --on-error says whether to stop there
 (keeping the records before it) or to skip it and go on.
 """
-import json
+import math
 import multiprocessing
 import os
 import sys
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-import spacy
 import typer
 from spacy import displacy
 from spacy.language import Language
@@ -28,8 +27,10 @@ from tqdm import tqdm
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from annotation import CPU_BATCH, GPU_BATCH, AnnotationFailure, Entities, annotate_texts, parse_jsonl_line
-from project_util import atomic_output, atomic_write_text, import_code_paths, one_line_errors, use_device
+from annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, Entities, annotate_texts, json_line,
+                        parse_jsonl_line)
+from project_util import (SetupError, atomic_output, atomic_write_text, check_not_an_input, check_output_path,
+                          import_code_paths, load_pipeline, one_line_errors, terminate_as_interrupt, use_device)
 
 app = typer.Typer(add_completion=False)
 
@@ -69,19 +70,32 @@ def read_jsonl(lines: Iterable[bytes], source: str, errors: InputErrors) -> Iter
             return
 
 
+JSONL_SUFFIXES, TEXT_SUFFIXES = (".jsonl", ".ndjson"), (".txt",)
+
+
 def read_text_files(sources: Iterable[Tuple[str, BinaryIO]], errors: InputErrors) -> Iterator[Record]:
-    """One record per (name, binary file) pair: the whole file is one document."""
+    """One record per (name, binary file) pair: the whole file is one document (a UTF-8 byte-order
+    mark at its start is not part of it). A file that cannot be read is a bad record."""
     for name, stream in sources:
         try:
-            yield Record(stream.read().decode("utf-8"), {"source": name}, name)
+            yield Record(stream.read().decode("utf-8-sig"), {"source": name}, name)
         except UnicodeDecodeError as err:
             if errors.report(f"{name}: not valid UTF-8 at byte {err.start}"):
                 return
+        except OSError as err:
+            if errors.report(f"{name}: cannot read ({err.strerror or err})"):
+                return
 
 
-def open_files(paths: Iterable[Path]) -> Iterator[Tuple[str, BinaryIO]]:
+def open_files(paths: Iterable[Path], errors: InputErrors) -> Iterator[Tuple[str, BinaryIO]]:
     for path in paths:
-        with path.open("rb") as stream:
+        try:
+            stream = path.open("rb")
+        except OSError as err:
+            if errors.report(f"{path}: cannot read ({err.strerror or err})"):
+                return
+            continue
+        with stream:
             yield str(path), stream
 
 
@@ -99,15 +113,15 @@ def read_records(source: str, input_format: str, errors: InputErrors,
         return read_jsonl(stdin, "<stdin>", errors), None
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        return read_text_files(open_files(files), errors), len(files)
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
+        return read_text_files(open_files(files, errors), errors), len(files)
     if not path.is_file():
         raise SourceNotFound(f"{path}: no such file or directory")
-    if input_format == "jsonl" or (input_format == "auto" and path.suffix == ".jsonl"):
+    if input_format == "jsonl" or (input_format == "auto" and path.suffix.lower() in JSONL_SUFFIXES):
         with path.open("rb") as f:
             total = sum(1 for line in f if line.strip())
         return read_jsonl_file(path, errors), total
-    return read_text_files(open_files([path]), errors), 1
+    return read_text_files(open_files([path], errors), errors), 1
 
 
 def kept_entities(entities: Entities, min_score: float) -> Entities:
@@ -123,20 +137,19 @@ def load_worker(model: str, code_paths: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     import_code_paths(code_paths)
-    worker_nlp = spacy.load(model)
+    worker_nlp = load_pipeline(model)
 
 
 def annotate_in_worker(texts: Sequence[str], batch_size: int) -> list:
     return annotate_texts(worker_nlp, texts, batch_size)
 
 
-def annotated_batches(records: Iterator[Record], model: str, code_paths: str, batch_size: int,
+def annotated_batches(records: Iterator[Record], nlp: Language, model: str, code_paths: str, batch_size: int,
                       n_process: int) -> Iterator[Tuple[List[Record], list]]:
-    """Batches of records with their entities (or failures), in the input order. With n_process > 1
-    the batches go to worker processes that each load the model once."""
+    """Batches of records with their entities (or failures), in the input order: by NLP, or with
+    n_process > 1 by worker processes that each load MODEL once."""
     batches = (list(batch) for batch in minibatch(records, size=batch_size))
     if n_process == 1:
-        nlp = spacy.load(model)
         for batch in batches:
             yield batch, annotate_texts(nlp, [r.text for r in batch], batch_size)
         return
@@ -162,15 +175,16 @@ def main(
     model: str = typer.Option("en_conll_distilbert", "--model", "-m", help="Installed package or pipeline dir"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL output file (default: stdout)"),
     input_format: str = typer.Option("auto", "--format", help="auto, text or jsonl (auto: .jsonl files are JSONL)"),
-    min_score: float = typer.Option(0.0, "--min-score", help="Drop entities whose confidence is below this"),
+    min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0,
+                                    help="Drop entities whose confidence is below this (0 to 1)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
                                              help=f"Documents per nlp.pipe batch (default: {CPU_BATCH} on the CPU, "
                                                   f"{GPU_BATCH} on a GPU, which the transformer fills better)"),
-    n_process: int = typer.Option(1, "--n-process", "-n", help="Worker processes (CPU only)"),
+    n_process: int = typer.Option(1, "--n-process", "-n", min=1, help="Worker processes (CPU only)"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
     on_error: str = typer.Option("stop", "--on-error", help="A record that cannot be read or annotated: stop, or skip it"),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a displaCy page of the annotated documents"),
-    html_limit: int = typer.Option(100, "--html-limit", help="At most this many documents on the displaCy page"),
+    html_limit: int = typer.Option(100, "--html-limit", min=0, help="At most this many documents on the displaCy page"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
     include_text: bool = typer.Option(False, "--include-text", help="Copy the input text into each output line"),
 ):
@@ -183,10 +197,24 @@ def main(
         raise typer.BadParameter("give either SOURCE or --text")
     if gpu_id >= 0 and n_process > 1:
         raise typer.BadParameter("--n-process > 1 runs on the CPU only; use --gpu-id -1")
+    if math.isnan(min_score):
+        raise typer.BadParameter("--min-score must be a number from 0 to 1")
     batch_size = batch_size or (GPU_BATCH if gpu_id >= 0 else CPU_BATCH)
     import_code_paths(code_paths)
     with one_line_errors():
+        # Every output checked, and the model loaded, before the first record.
+        inputs = {"SOURCE": Path(source) if source not in (None, "-") else None}
+        for option, path in (("--output", output), ("--html", html)):
+            if path:
+                check_not_an_input(path, inputs)
+                check_output_path(path, option)
+        if output and html:
+            check_not_an_input(html, {"--output": output})
         use_device(gpu_id)
+        nlp = load_pipeline(model)
+        if min_score > 0 and "entity_confidence" not in nlp.pipe_names:
+            raise SetupError(f"--min-score {min_score}: the model {model} has no entity_confidence component, so its "
+                             "entities have no score to compare. Fix: use the release pipeline, or leave --min-score out.")
     errors = InputErrors(stop_on_error=on_error == "stop", messages=[])
     try:
         records, total = (([Record(text, {}, "--text")], 1) if text is not None
@@ -196,28 +224,38 @@ def main(
         raise typer.Exit(1)
     html_docs: List[Dict[str, Any]] = []
     written = 0
-    # A file output is written to a temporary file and renamed at the end: a crash leaves an
-    # earlier output as it was, and a stop on a bad record keeps the records done before it.
-    with atomic_output(output) if output else nullcontext(sys.stdout) as out, \
-            tqdm(total=total, disable=source in (None, "-"), unit="doc", file=sys.stderr) as progress:
-        for batch, results in annotated_batches(iter(records), model, code_paths, batch_size, n_process):
-            stop = False
-            for record, entities in zip(batch, results):
-                progress.update(1)
-                if isinstance(entities, AnnotationFailure):
-                    stop = errors.report(f"{record.location}: cannot annotate ({entities})")
-                    if stop:
-                        break
-                    continue
-                line = {**record.meta, **({"text": record.text} if include_text else {}),
-                        "entities": kept_entities(entities, min_score)}
-                out.write(json.dumps(line, ensure_ascii=False) + "\n")
-                written += 1
-                if html and len(html_docs) < html_limit:
-                    html_docs.append({"text": record.text, "ents": [
-                        {"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities]})
-            if stop:
-                break
+    warned_entities_field = False
+    try:
+        # A file output is written to a temporary file and renamed at the end: a crash or a stop leaves an
+        # earlier output as it was, and a stop on a bad record keeps the records done before it.
+        with terminate_as_interrupt(), atomic_output(output) if output else nullcontext(sys.stdout) as out, \
+                tqdm(total=total, disable=source in (None, "-"), unit="doc", file=sys.stderr) as progress:
+            for batch, results in annotated_batches(iter(records), nlp, model, code_paths, batch_size, n_process):
+                stop = False
+                for record, entities in zip(batch, results):
+                    progress.update(1)
+                    if isinstance(entities, AnnotationFailure):
+                        stop = errors.report(f"{record.location}: cannot annotate ({entities})")
+                        if stop:
+                            break
+                        continue
+                    if "entities" in record.meta and not warned_entities_field:
+                        typer.echo(f"Warning: {record.location}: the input's own 'entities' field is replaced by the "
+                                   "annotation (the first such record; others are not reported).", err=True)
+                        warned_entities_field = True
+                    line = {**record.meta, **({"text": record.text} if include_text else {}),
+                            "entities": kept_entities(entities, min_score)}
+                    out.write(json_line(line))
+                    written += 1
+                    if html and len(html_docs) < html_limit:
+                        html_docs.append({"text": record.text, "ents": [
+                            {"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities]})
+                if stop:
+                    break
+    except KeyboardInterrupt:
+        kept = f"; {output} is as it was before the run" if output else ""
+        typer.echo(f"\nInterrupted after {written} annotated record(s){kept}.", err=True)
+        raise typer.Exit(130)
     if html:
         atomic_write_text(html, displacy.render(html_docs, style="ent", page=True, manual=True))
     typer.echo(f"Annotated {written} document(s)" + (f" into {output}" if output else ""), err=True)

@@ -56,11 +56,13 @@ def main(
     code: str = typer.Option("", help="Comma-separated Python files with the registered functions"),
     repetitions: int = typer.Option(3, min=1, help="Repetitions of each variant, alternating"),
     benchmarks_md: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file with the overhead markers"),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the table into BENCHMARKS_MD"),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Run the transformer in bf16 on the CPU (both variants)"),
 ):
     with one_line_errors():
         import_code_paths(code)
         pipelines = {name: spacy.load(model, config={"components": {"transformer": {"model": {
-            "array_alignment": on}}}}) for name, on in VARIANTS.items()}
+            "array_alignment": on, "cpu_bf16": cpu_bf16}}}}) for name, on in VARIANTS.items()}
         first = next(iter(pipelines.values()))
         texts = [doc.text for doc in DocBin().from_disk(data).get_docs(first.vocab)]
         words = sum(len(text.split()) for text in texts)
@@ -79,6 +81,7 @@ def main(
         before, after = VARIANTS
         result = {
             "words": words, "texts": len(texts), "repetitions": repetitions, "machine": machine_info(),
+            "cpu_bf16": cpu_bf16,
             "same_entities_and_confidences": same,
             "seconds": seconds,
             "words_per_second": {name: round(words / statistics.median(s), 1) for name, s in seconds.items()},
@@ -88,7 +91,8 @@ def main(
         result["component_ratio"] = {c: round(median_components[after][c] / median_components[before][c], 3)
                                      if median_components[before][c] else None for c in median_components[after]}
         atomic_write_text(output, json.dumps(result, indent=2) + "\n")
-        replace_between_markers(benchmarks_md, START, END, results_table(result))
+        if report:
+            replace_between_markers(benchmarks_md, START, END, results_table(result))
         typer.echo(results_table(result))
         if not same:
             typer.echo("Error: the two variants gave different entities or confidences", err=True)

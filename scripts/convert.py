@@ -10,6 +10,7 @@ A Doc is a group of up to `n_sents` consecutive sentences of one document, with 
 starts set, so the transformer sees context across sentences.
 """
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
@@ -20,7 +21,7 @@ from spacy.training import biluo_tags_to_spans, iob_to_biluo
 from spacy.vocab import Vocab
 from wasabi import msg
 
-from project_util import SetupError, atomic_output, one_line_errors
+from project_util import SetupError, atomic_output, check_output_path, one_line_errors
 
 LABELS = ("PER", "ORG", "LOC", "MISC")
 VALID_TAGS = {"O"} | {f"{prefix}-{label}" for prefix in "BI" for label in LABELS}
@@ -198,11 +199,13 @@ def read_hub_dataset(hub_id: str, revision: Optional[str]) -> Dict[str, List[Doc
     return splits
 
 
-def write_docbin_atomically(docs: Iterable[Doc], output_path: Path) -> DocBin:
-    docbin = DocBin(attrs=["ORTH", "SPACY", "SENT_START", "ENT_IOB", "ENT_TYPE"], docs=docs)
-    with atomic_output(output_path, "wb") as output:
-        output.write(docbin.to_bytes())
-    return docbin
+def write_docbins_atomically(docs_by_path: Dict[Path, List[Doc]]) -> None:
+    """Each path's DocBin, all or none: every file is written to a temporary name first, and only
+    when all of them are written are they renamed, so a failure leaves every earlier file as it was."""
+    with ExitStack() as stack:
+        outputs = [(stack.enter_context(atomic_output(path, "wb")), docs) for path, docs in docs_by_path.items()]
+        for output, docs in outputs:
+            output.write(DocBin(attrs=["ORTH", "SPACY", "SENT_START", "ENT_IOB", "ENT_TYPE"], docs=docs).to_bytes())
 
 
 def summarize(documents: List[Document], docs: List[Doc]) -> Dict[str, object]:
@@ -230,12 +233,9 @@ def convert(
         raise ValueError("n_sents must be at least 1")
     splits = read_conll_dir(conll_dir) if conll_dir else read_hub_dataset(hub_id, revision)
     vocab = Vocab()
-    summaries = {}
-    for split, documents in splits.items():
-        docs = list(documents_to_docs(vocab, documents, n_sents))
-        write_docbin_atomically(docs, output_dir / f"{split}.spacy")
-        summaries[split] = summarize(documents, docs)
-    return summaries
+    docs = {split: list(documents_to_docs(vocab, documents, n_sents)) for split, documents in splits.items()}
+    write_docbins_atomically({output_dir / f"{split}.spacy": split_docs for split, split_docs in docs.items()})
+    return {split: summarize(documents, docs[split]) for split, documents in splits.items()}
 
 
 @app.command()
@@ -246,12 +246,15 @@ def main(
     ),
     hub_id: str = typer.Option("eriktks/conll2003", help="Hugging Face dataset id (or a local dataset path)"),
     revision: str = typer.Option("refs/convert/parquet", help="Hub revision; the parquet branch needs no script"),
-    n_sents: int = typer.Option(10, "--n-sents", "-n", help="Sentences per Doc, within one document"),
+    n_sents: int = typer.Option(10, "--n-sents", "-n", min=1, help="Sentences per Doc, within one document"),
 ):
     """Convert CoNLL-2003 to spaCy DocBin files and print a summary per split."""
     source = conll_dir or f"{hub_id}@{revision}"
     try:
         with one_line_errors():
+            if output_dir.exists() and not output_dir.is_dir():
+                raise SetupError(f"OUTPUT_DIR {output_dir}: is a file, not a directory. Fix: give a directory.")
+            check_output_path(output_dir / "train.spacy", "OUTPUT_DIR")
             summaries = convert(output_dir, Path(conll_dir) if conll_dir else None, hub_id, revision, n_sents)
     except ConllFormatError as err:
         typer.echo(f"Cannot convert CoNLL-2003: {err}", err=True)

@@ -4,18 +4,19 @@ table, a displaCy page of a sample of documents, and the HTML report (eval_repor
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-import spacy
 import typer
 from spacy import displacy
+from spacy.language import Language
 from spacy.scorer import Scorer
-from spacy.training import Corpus
+from spacy.training import Corpus, Example
 from wasabi import msg
 
 from confidence_metrics import annotate, confidence_report
 from eval_report import error_analysis, render_report
-from project_util import Switch, atomic_write_text, import_code_paths, one_line_errors, resolve_switch, use_device
+from project_util import (SetupError, Switch, atomic_write_text, check_not_an_input, check_output_path,
+                          import_code_paths, load_pipeline, one_line_errors, resolve_switch, use_device)
 
 app = typer.Typer(add_completion=False)
 
@@ -39,6 +40,22 @@ def scores_table(scores: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_examples(data_path: Path, nlp: Language) -> List[Example]:
+    """The gold Docs of DATA_PATH as examples; one line when the file is no DocBin or holds nothing to score."""
+    try:
+        examples = list(Corpus(data_path)(nlp))
+    except Exception as err:  # srsly, zlib and msgpack each raise their own class for a damaged file
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SetupError(f"{data_path}: not a readable DocBin file ({cause.split('. ')[0]}). Fix: give a .spacy file "
+                         "written by convert (spacy project run convert).") from err
+    if not examples:
+        raise SetupError(f"{data_path}: holds no documents. Fix: convert the split again.")
+    if not any(eg.reference.has_annotation("ENT_IOB") for eg in examples):
+        raise SetupError(f"{data_path}: its documents have no entity annotation, so there is nothing to score. "
+                         "Fix: give a split with gold entities.")
+    return examples
+
+
 @app.command()
 def main(
     model: str = typer.Argument(..., help="Pipeline directory or installed package name"),
@@ -56,12 +73,18 @@ def main(
 ):
     """Score MODEL on DATA_PATH with the pipeline's own scorers (seqeval for the NER)."""
     import_code_paths(code_paths)
-    with one_line_errors():
-        use_device(gpu_id)
     bf16 = resolve_switch(cpu_bf16)
     overrides = {} if bf16 is None else {"components.transformer.model.cpu_bf16": bf16}
-    nlp = spacy.load(model, config=overrides)
-    examples = list(Corpus(data_path)(nlp))
+    with one_line_errors():
+        # Every output checked, the data read and the model loaded before any scoring.
+        for option, path in (("--output", output_json), ("--table", output_table), ("--html", html_path),
+                             ("--report", report_path)):
+            if path:
+                check_not_an_input(path, {"DATA_PATH": data_path})
+                check_output_path(path, option)
+        use_device(gpu_id)
+        nlp = load_pipeline(model, config=overrides)
+        examples = read_examples(data_path, nlp)
     start = time.perf_counter()
     annotate(nlp, examples)
     scores = Scorer(nlp).score(examples)

@@ -2,12 +2,14 @@
 import importlib.util
 import json
 import os
+import signal
 import tempfile
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Dict, Iterator, Optional
 
+import catalogue
 import spacy
 import typer
 from spacy.cli._util import import_code
@@ -159,3 +161,67 @@ def check_transformer(name: str) -> None:
         cause = ("the Hugging Face hub cannot be reached and no copy is cached" if "connect" in str(err)
                  else str(err).strip().splitlines()[0])
         raise SetupError(f"Cannot load the transformer {name!r}: no such local directory, and {cause}. {fix}") from err
+
+
+MODEL_CODE = Path(__file__).resolve().parents[1] / "model_code"
+
+
+def load_pipeline(model: str, **kwargs: Any) -> "spacy.Language":
+    """spacy.load(MODEL, **KWARGS), with one-line errors. A pipeline directory this project trained names
+    functions registered by its packaged code (model_code/; the installed package brings its own):
+    when they are missing, that code is imported, as --code would, and the load tried again."""
+    try:
+        return spacy.load(model, **kwargs)
+    except OSError as err:
+        if "E050" not in str(err):
+            raise
+        raise SetupError(f"--model {model}: no installed package or pipeline directory of that name. Fix: install "
+                         "the model's wheel, or give the path of a pipeline directory (training/model-release).")
+    except catalogue.RegistryError:
+        import_code_paths(",".join(str(path) for path in sorted(MODEL_CODE.glob("*.py"))))
+    try:
+        return spacy.load(model, **kwargs)
+    except catalogue.RegistryError as err:
+        missing = str(err).split(". ")[0]
+        raise SetupError(f"--model {model}: {missing}. Fix: pass the Python files that register it with --code.")
+
+
+def check_output_path(path: Path, option: str) -> None:
+    """Stop with one line, before any work, when PATH cannot be written as a file: it is a directory,
+    a file stands where a directory above it should be, or nothing can be created in the nearest
+    existing directory above it (a test file is created there and removed; no directory is made)."""
+    if path.is_dir():
+        raise SetupError(f"{option} {path}: is a directory. Fix: give the path of a file.")
+    nearest = next(parent for parent in path.absolute().parents if parent.exists())
+    try:
+        if not nearest.is_dir():
+            raise NotADirectoryError(20, f"{nearest} is a file")
+        fd, probe = tempfile.mkstemp(dir=nearest, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise SetupError(f"{option} {path}: cannot write there ({err.strerror or err}). Fix: choose a writable "
+                         "directory.") from err
+
+
+def check_not_an_input(output: Path, inputs: Dict[str, Optional[Path]]) -> None:
+    """Stop when OUTPUT is one of INPUTS ({option: path}) after links are resolved: writing it would
+    destroy the input."""
+    for option, path in inputs.items():
+        if path is not None and output.resolve() == path.resolve():
+            raise SetupError(f"{option} {path} is also the output: writing it would replace the input. Fix: give "
+                             "another output path.")
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a scheduler's stop) handled as Ctrl-C, so that temporary outputs are removed
+    and the run says how far it got, as on KeyboardInterrupt."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

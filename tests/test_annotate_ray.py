@@ -259,3 +259,24 @@ def test_more_gpus_than_the_machine_has_is_a_one_line_error(capsys):
     error = capsys.readouterr().err
     assert "--workers 4 with --gpus-per-worker 0.5 need 2 GPUs, and this machine has 1" in error
     assert "--gpus-per-worker 0.25" in error
+
+
+def test_a_lone_surrogate_costs_only_its_record(project, ray_model, tmp_path):
+    """A valid JSON escape that is no character (\\udc80) cannot be stored in Parquet: that record is
+    listed as malformed and every other is annotated, on the first run and on a rerun; JSONL output
+    keeps it, escaped, in valid UTF-8."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "news.jsonl").write_text('{"id": 1, "text": "Bill Gates met Reuters in London ."}\n'
+                                       '{"id": 2, "title": "bad \\udc80", "text": "Angela Merkel visited Ajax ."}\n')
+    parquet_out = tmp_path / "parquet-out"
+    summary = annotate_ray(project, inputs, parquet_out, ray_model)
+    assert (summary["annotated"], summary["malformed"]) == (1, 1)
+    assert [row["id"] for row in read_output(output_files(parquet_out)[0])] == [1]
+    listed = [json.loads(line) for line in next(parquet_out.glob("*.malformed.jsonl")).read_text().splitlines()]
+    assert [(m["line"], "lone surrogate (\\udc80)" in m["problem"]) for m in listed] == [(2, True)]
+    assert annotate_ray(project, inputs, parquet_out, ray_model)["skipped_files"] == 1
+    jsonl_out = tmp_path / "jsonl-out"
+    assert annotate_ray(project, inputs, jsonl_out, ray_model, "--format", "jsonl")["annotated"] == 2
+    rows = read_output(output_files(jsonl_out)[0])
+    assert [row["id"] for row in rows] == [1, 2] and rows[1]["title"] == "bad \udc80" and rows[1]["entities"]
