@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CODE, run_checked
+from conftest import CODE
 
 
 def run(project, script, *args):
