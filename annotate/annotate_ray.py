@@ -179,9 +179,9 @@ class Annotator:
                                                                                 self.batch_size)):
                 if isinstance(entities, AnnotationFailure):
                     failed.append({"source": path, **location, "problem": f"cannot annotate ({entities})"})
-                elif self.output_format == "parquet" and lone_surrogate(fields):
+                elif self.output_format == "parquet" and (surrogate := lone_surrogate(fields)):
                     failed.append({"source": path, **location, "problem": (
-                        f"a field holds a lone surrogate ({lone_surrogate(fields)}), which Parquet's UTF-8 strings "
+                        f"a field holds a lone surrogate ({surrogate}), which Parquet's UTF-8 strings "
                         "cannot store; --format jsonl keeps it as a \\u escape")})
                 else:
                     rows.append({**fields, "entities": entities})

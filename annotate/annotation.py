@@ -57,8 +57,9 @@ def parse_jsonl_line(raw: bytes) -> Tuple[Optional[Tuple[str, Dict[str, Any]]], 
         return None, f"expected a JSON object, got {type(record).__name__}"
     if not isinstance(record.get("text"), str):
         return None, "no string field 'text'"
-    if lone_surrogate(record["text"]):
-        return None, f"field 'text' holds a lone surrogate ({lone_surrogate(record['text'])}), which is no character"
+    surrogate = lone_surrogate(record["text"])
+    if surrogate:
+        return None, f"field 'text' holds a lone surrogate ({surrogate}), which is no character"
     text = record.pop("text")
     return (text, record), ""
 
