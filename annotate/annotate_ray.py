@@ -263,7 +263,7 @@ def main(
                                              help=f"Records per nlp.pipe batch (default: {CPU_BATCH} on CPUs, {GPU_BATCH} on GPUs)"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
 ):
-    """Find PER, ORG, LOC and MISC entities in every record of INPUT, on Ray Data."""
+    """Find the model's entities in every record of INPUT, on Ray Data."""
     if output_format not in ("parquet", "jsonl"):
         raise typer.BadParameter("--format must be parquet or jsonl")
     with one_line_errors():

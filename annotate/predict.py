@@ -188,7 +188,7 @@ def main(
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
     include_text: bool = typer.Option(False, "--include-text", help="Copy the input text into each output line"),
 ):
-    """Find PER, ORG, LOC and MISC entities; write JSONL, one line per input record."""
+    """Find the model's entities; write JSONL, one line per input record."""
     if on_error not in ("stop", "skip"):
         raise typer.BadParameter("--on-error must be stop or skip")
     if input_format not in ("auto", "text", "jsonl"):

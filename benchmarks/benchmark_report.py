@@ -54,11 +54,12 @@ def results_table(results: List[Dict[str, Any]]) -> str:
         "| HF bf16 weights | ratio to HF's faster bf16 | ours fp32, no confidences | HF fp32, sentences |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    labels = sorted({label for r in results for label in r["test_per_type"]})
     accuracy = [
-        "| run | backbone | test F1 | PER | ORG | LOC | MISC | dev F1 | test F1 fp32 | reference test F1 "
+        f"| run | backbone | test F1 | {' | '.join(labels)} | dev F1 | test F1 fp32 | reference test F1 "
         "| train s | reference train s | **time ratio** | ours passes the reference's dev F1 at "
         "| ours passes the reference's test F1 at |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---" * (len(labels) + 11) + "|",
     ]
     for r in results:
         per_type = r["test_per_type"]
@@ -73,7 +74,7 @@ def results_table(results: List[Dict[str, Any]]) -> str:
         )
         accuracy.append(
             f"| {r['run']} | {r['backbone']} | **{r['test_f1']:.4f}** | "
-            + " | ".join(f"{per_type[label]['f']:.4f}" for label in ("PER", "ORG", "LOC", "MISC"))
+            + " | ".join(f"{per_type[label]['f']:.4f}" if label in per_type else "n/a" for label in labels)
             + f" | {r['dev_f1']:.4f} | {r['test_f1_fp32']:.4f} | {fmt(r['reference_test_f1'], '.4f')} "
             f"| {r['train_seconds']:.0f} | {fmt(r['reference_train_seconds'], '.0f')} "
             f"| **{fmt(r['train_time_ratio'], '.2f')}** | {fmt(r['ours_passes_reference_dev_f1_seconds'], '.0f', ' s')} "

@@ -33,10 +33,10 @@ from spacy.tokens import DocBin
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from project_util import atomic_write_text, cpu_has_native_bf16, import_code_paths, one_line_errors, use_device
+from project_util import (atomic_write_text, cpu_has_native_bf16, import_code_paths, iob2_tags, one_line_errors,
+                          use_device)
 
 app = typer.Typer(add_completion=False)
-NER_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 Runner = Callable[[List[str]], int]
 
 
@@ -70,14 +70,16 @@ def spacy_runner(model: str, precision: str, confidence: bool) -> Runner:
     return run
 
 
-def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: Optional[int]) -> Runner:
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+def hf_runner(backbone: str, tags: List[str], precision: str, gpu_id: int, batch_size: Optional[int]) -> Runner:
+    """The HF pipeline: a trained model with its own head, or a backbone with a new head of TAGS."""
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
+    trained = "O" in AutoConfig.from_pretrained(backbone).id2label.values()
+    head = {} if trained else {"num_labels": len(tags), "id2label": dict(enumerate(tags)),
+                               "label2id": {tag: i for i, tag in enumerate(tags)}}
     model = AutoModelForTokenClassification.from_pretrained(
         backbone,
-        num_labels=len(NER_LABELS),
-        id2label=dict(enumerate(NER_LABELS)),
-        label2id={label: i for i, label in enumerate(NER_LABELS)},
+        **head,
         torch_dtype={"fp16": torch.float16, "bf16_weights": torch.bfloat16}.get(precision, torch.float32),
     )
     tokenizer = AutoTokenizer.from_pretrained(backbone)
@@ -91,9 +93,9 @@ def hf_runner(backbone: str, precision: str, gpu_id: int, batch_size: Optional[i
     return run
 
 
-def variants(model: str, backbone: str, gpu_id: int, batch_size: Optional[int],
+def variants(model: str, backbone: str, tags: List[str], gpu_id: int, batch_size: Optional[int],
              texts: List[str], sentences: List[str]) -> Dict[str, Tuple[Runner, List[str]]]:
-    hf_fp32 = hf_runner(backbone, "fp32", gpu_id, batch_size)
+    hf_fp32 = hf_runner(backbone, tags, "fp32", gpu_id, batch_size)
     runs = {
         "ours_fp32": (spacy_runner(model, "fp32", confidence=True), texts),
         "ours_fp32_no_confidence": (spacy_runner(model, "fp32", confidence=False), texts),
@@ -105,10 +107,10 @@ def variants(model: str, backbone: str, gpu_id: int, batch_size: Optional[int],
         runs.update({
             f"ours_{low}": (spacy_runner(model, low, confidence=True), texts),
             f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False), texts),
-            f"hf_pipeline_{low}": (hf_runner(backbone, low, gpu_id, batch_size), texts),
+            f"hf_pipeline_{low}": (hf_runner(backbone, tags, low, gpu_id, batch_size), texts),
         })
         if gpu_id < 0:
-            runs["hf_pipeline_bf16_weights"] = (hf_runner(backbone, "bf16_weights", gpu_id, batch_size), texts)
+            runs["hf_pipeline_bf16_weights"] = (hf_runner(backbone, tags, "bf16_weights", gpu_id, batch_size), texts)
     return runs
 
 
@@ -173,7 +175,9 @@ def main(
     # into sentences is measured too, for context.
     sentences = [sent.text for doc in docs for sent in doc.sents]
     n_words = sum(len(doc) for doc in docs)
-    runs = variants(model, backbone, gpu_id, hf_batch_size, texts, sentences)
+    # A new HF head's tags: the data's entity types.
+    tags = iob2_tags(sorted({ent.label_ for doc in docs for ent in doc.ents}))
+    runs = variants(model, backbone, tags, gpu_id, hf_batch_size, texts, sentences)
     for run, inputs in runs.values():
         run(inputs[:8])  # warm-up
     seconds: Dict[str, List[float]] = {name: [] for name in runs}

@@ -24,12 +24,10 @@ from spacy.tokens import DocBin
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from project_util import atomic_write_text
+from project_util import atomic_write_text, iob2_tags
 from seqeval_scorer import seqeval_scores
 
 app = typer.Typer(add_completion=False)
-LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
 Sentence = Tuple[List[str], List[str]]  # words, IOB2 tags
 
 
@@ -48,7 +46,12 @@ def read_sentences(path: Path) -> List[Sentence]:
     return sentences
 
 
-def encode(tokenizer, sentences: List[Sentence]) -> List[Dict[str, Any]]:
+def tag_names(sentences: List[Sentence]) -> List[str]:
+    """The head's IOB2 tags, for the entity types of the training sentences."""
+    return iob2_tags(sorted({tag[2:] for _, tags in sentences for tag in tags if tag != "O"}))
+
+
+def encode(tokenizer, sentences: List[Sentence], label_ids: Dict[str, int]) -> List[Dict[str, Any]]:
     """Tokenized sentences with the notebook's label alignment."""
     examples = []
     for words, tags in sentences:
@@ -58,9 +61,9 @@ def encode(tokenizer, sentences: List[Sentence]) -> List[Dict[str, Any]]:
             if word_id is None:
                 labels.append(-100)
             elif word_id != previous:
-                labels.append(LABEL_IDS[tags[word_id]])
+                labels.append(label_ids[tags[word_id]])
             else:
-                labels.append(LABEL_IDS[tags[word_id].replace("B-", "I-")])
+                labels.append(label_ids[tags[word_id].replace("B-", "I-")])
             previous = word_id
         examples.append({**encoding, "labels": labels})
     return examples
@@ -68,6 +71,7 @@ def encode(tokenizer, sentences: List[Sentence]) -> List[Dict[str, Any]]:
 
 def predict_tags(model, tokenizer, sentences: List[Sentence], batch_size: int = 32) -> List[List[str]]:
     """IOB2 tags per word: the label of the word's first piece."""
+    id2label = model.config.id2label
     model.eval()
     predicted = []
     with torch.inference_mode():
@@ -83,7 +87,7 @@ def predict_tags(model, tokenizer, sentences: List[Sentence], batch_size: int = 
                 for position, word_id in enumerate(encoding.word_ids(row)):
                     if word_id is not None and word_id not in seen:
                         seen.add(word_id)
-                        tags[word_id] = LABELS[label_ids[row][position]]
+                        tags[word_id] = id2label[label_ids[row][position]]
                 predicted.append(tags)
     return predicted
 
@@ -112,8 +116,10 @@ def main(
 
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     train, dev, test = (read_sentences(path) for path in (train_path, dev_path, test_path))
+    labels = tag_names(train)
+    label_ids = {label: i for i, label in enumerate(labels)}
     model = AutoModelForTokenClassification.from_pretrained(
-        backbone, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)), label2id=LABEL_IDS)
+        backbone, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids)
     curve: List[Dict[str, float]] = []
 
     class DevCurve(TrainerCallback):
@@ -139,7 +145,7 @@ def main(
         bf16=precision == Precision.bf16,
     )
     callback = DevCurve()
-    trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train),
+    trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train, label_ids),
                       data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[callback])
     start = time.perf_counter()
     trainer.train()

@@ -22,7 +22,6 @@ from spacy.training import Example  # noqa: E402
 
 # Text stays text in the SVG (searchable, and testable), not paths.
 matplotlib.rcParams["svg.fonttype"] = "none"
-LABELS = ("PER", "ORG", "LOC", "MISC")
 ERROR_CLASSES = ("wrong type", "too short", "too long", "overlapping", "missed", "spurious")
 Entity = Tuple[int, int, str]
 
@@ -37,16 +36,17 @@ def svg(figure) -> str:
 
 def scores_chart(scores: Dict[str, Any]) -> str:
     per_type = scores["seqeval_per_type"]
-    labels = [label for label in LABELS if label in per_type] + ["overall"]
+    labels = sorted(per_type) + ["overall"]
     values = {metric: [per_type[label][metric] for label in labels[:-1]] + [scores[f"seqeval_{metric}"]]
               for metric in ("p", "r", "f")}
-    figure, axes = plt.subplots(figsize=(7, 3.2))
+    figure, axes = plt.subplots(figsize=(max(7.0, 0.7 * len(labels)), 3.2))
     width = 0.27
     for offset, (metric, name) in enumerate((("p", "precision"), ("r", "recall"), ("f", "F1"))):
         positions = [i + (offset - 1) * width for i in range(len(labels))]
         bars = axes.bar(positions, values[metric], width, label=name)
         axes.bar_label(bars, fmt="%.2f", fontsize=7)
-    axes.set_xticks(range(len(labels)), labels)
+    many = len(labels) > 8  # e.g. OntoNotes' 18 types: slanted names do not overlap
+    axes.set_xticks(range(len(labels)), labels, rotation=30 if many else 0, ha="right" if many else "center")
     axes.set_ylim(0, 1.1)
     axes.set_ylabel("seqeval score")
     axes.set_title("Precision, recall and F1 per entity type")
@@ -202,7 +202,7 @@ def render_report(title: str, scores: Dict[str, Any], examples: List[Example], d
         if log:
             sections.append(f'<h2>Training</h2><div class="chart" id="training-chart">{training_chart(log)}</div>')
     counts, confusion, shown = error_analysis(examples)
-    columns = [*LABELS, "none"]
+    columns = [*sorted({label for gold, predicted in confusion for label in (gold, predicted)} - {"none"}), "none"]
     sections.append("<h2>Error analysis</h2>"
                     + table(["class", "entities"], [[kind, counts[kind]] for kind in ("right", *ERROR_CLASSES)])
                     + "<h3>Types: gold (rows) against predicted (columns)</h3>"

@@ -13,6 +13,9 @@ The backbone the card names is the one that was trained: the transformer's name 
 config, its architecture and size from the weights stored in the pipeline, and for a local directory
 its own config.json and model card (`license:`). Only a name, URL or license passed explicitly
 overrides what is found; what cannot be found is said to be unknown, never guessed.
+
+The data is what convert read (its corpus.json): the card names it, lists the labels the pipeline
+learnt, and gives CoNLL-2003's citation, Reuters terms and news-genre limits only when that is the data.
 """
 import json
 import re
@@ -28,13 +31,12 @@ import torch
 import typer
 from packaging.requirements import Requirement
 from spacy.cli.package import generate_readme
-from spacy.util import load_config
+from spacy.util import get_lang_class, load_config
 from transformers import AutoTokenizer
 
 from project_util import atomic_write_text, read_json
 
 app = typer.Typer(add_completion=False)
-LABELS = ("PER", "ORG", "LOC", "MISC")
 CONLL = {
     "name": "CoNLL-2003 (English NER shared task: Tjong Kim Sang & De Meulder, 2003)",
     "url": "https://www.clips.uantwerpen.be/conll2003/ner/",
@@ -47,7 +49,7 @@ def scores_rows(performance: Dict[str, Any]) -> List[str]:
             f"| {performance['seqeval_f']:.4f} |"]
     per_type = performance["seqeval_per_type"]
     rows += [f"| {label} | {per_type[label]['p']:.4f} | {per_type[label]['r']:.4f} | {per_type[label]['f']:.4f} |"
-             for label in LABELS if label in per_type]
+             for label in sorted(per_type)]
     return ["| type | precision | recall | F1 |", "|---|---|---|---|", *rows]
 
 
@@ -122,11 +124,55 @@ def backbone_source_line(backbone: Dict[str, Any]) -> str:
             f"{license_text}; fine-tuned here.")
 
 
-def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any]) -> str:
+def training_data(corpus_info: Optional[Path]) -> Dict[str, Any]:
+    """What convert read (corpus.json): its name, whether it is CoNLL-2003, its labels and tag schemes."""
+    info = read_json(corpus_info) if corpus_info and corpus_info.is_file() else {}
+    conll2003 = bool(info.get("conll2003"))
+    return {"name": "CoNLL-2003" if conll2003 else info.get("name") or "the training data", "conll2003": conll2003,
+            "schemes": sorted(set(info.get("tag_schemes", {}).values())),
+            "sentences": info.get("splits", {}).get("train", {}).get("sentences")}
+
+
+def intended_use(data: Dict[str, Any], labels: List[str]) -> List[str]:
+    if data["conll2003"]:
+        return [
+            "- Named entities in English news-style text: people (PER), organisations (ORG), locations (LOC) "
+            "and other names (MISC: nationalities, events, works...), as CoNLL-2003 annotates them; no other "
+            "types, no nested entities.",
+            "- Trained on Reuters news of 1996-1997: expect lower scores on other genres (social media, "
+            "clinical, legal), on text without capitalisation, and on names that appeared after that time.",
+            "- The confidence is calibrated on CoNLL-2003 dev, in-domain: on other text it still ranks "
+            "entities, but its values may be over-confident.",
+        ]
+    return [
+        f"- Named entities of the types {', '.join(labels)}, as {data['name']} annotates them; no other types, "
+        "no nested entities.",
+        f"- Expect lower scores on text unlike {data['name']} (another genre, period, spelling or language).",
+        f"- The confidence is calibrated on the dev split of {data['name']}: on other text it still ranks "
+        "entities, but its values may be over-confident.",
+    ]
+
+
+def data_source_line(data: Dict[str, Any]) -> str:
+    if data["conll2003"]:
+        return (f"- Training data: {CONLL['name']}, {CONLL['url']}; the text comes from the Reuters Corpus (RCV1) "
+                "and is distributed for research under the Reuters/NIST agreement: check its terms before commercial "
+                "use.")
+    read = f"{data['sentences']:,} training sentences, " if data["sentences"] else ""
+    schemes = f"tags read as {' and '.join(s.upper() for s in data['schemes'])}; " if data["schemes"] else ""
+    return f"- Training data: **{data['name']}** ({read}{schemes}its own terms apply)."
+
+
+def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any], data: Dict[str, Any]) -> str:
     name = f"{meta['lang']}_{meta['name']}"
     test, dev = meta["test_performance"], meta["performance"]
+    labels = meta["labels"]["ner"]
+    example = ("Bill Gates was the CEO of Microsoft in Seattle, Washington." if data["conll2003"]
+               else "Your text here.")
+    test_split = "CoNLL-2003 `test`" if data["conll2003"] else f"{data['name']}, test"
+    dev_split = "CoNLL-2003 `validation`" if data["conll2003"] else f"{data['name']}, dev"
     lines = [
-        "### Scores on the **test** split (CoNLL-2003 `test`, seqeval, word level)",
+        f"### Scores on the **test** split ({test_split}, seqeval, word level)",
         "",
         *scores_rows(test),
         "",
@@ -145,7 +191,7 @@ def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "### Scores on the **dev** split (CoNLL-2003 `validation`, used to select the model during training)",
+        f"### Scores on the **dev** split ({dev_split}, used to select the model during training)",
         "",
         *scores_rows(dev),
         "",
@@ -155,7 +201,7 @@ def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any]) -> str:
         "import spacy",
         "",
         f'nlp = spacy.load("{name}")',
-        'doc = nlp("Bill Gates was the CEO of Microsoft in Seattle, Washington.")',
+        f"doc = nlp({json.dumps(example)})",
         "for ent in doc.ents:",
         "    print(ent.label_, ent.text, ent.start_char, ent.end_char, ent._.confidence)",
         "```",
@@ -168,19 +214,12 @@ def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any]) -> str:
         "",
         "### Intended use and limits",
         "",
-        "- Named entities in English news-style text: people (PER), organisations (ORG), locations (LOC) "
-        "and other names (MISC: nationalities, events, works...), as CoNLL-2003 annotates them; no other "
-        "types, no nested entities.",
-        "- Trained on Reuters news of 1996-1997: expect lower scores on other genres (social media, "
-        "clinical, legal), on text without capitalisation, and on names that appeared after that time.",
-        "- The confidence is calibrated on CoNLL-2003 dev, in-domain: on other text it still ranks "
-        "entities, but its values may be over-confident.",
+        *intended_use(data, labels),
         "",
         "### Sources and licenses",
         "",
         backbone_source_line(backbone),
-        f"- Training data: {CONLL['name']}, {CONLL['url']}; the text comes from the Reuters Corpus (RCV1) and "
-        "is distributed for research under the Reuters/NIST agreement: check its terms before commercial use.",
+        data_source_line(data),
         "- Code (the project and the code bundled in this package): MIT.",
     ]
     return "\n".join(lines) + "\n"
@@ -197,6 +236,11 @@ def main(
     backbone_name: str = typer.Option("", help="The transformer's name, if not the one it was trained from"),
     backbone_url: str = typer.Option("", help="Where the transformer came from (default: its hub page)"),
     backbone_license: str = typer.Option("", help="Its license (default: its model card's, if it has one)"),
+    corpus_info: Optional[Path] = typer.Option(None, help="corpus.json written by convert: the data's name, "
+                                               "labels and tag schemes (without it the data is not named)"),
+    title: str = typer.Option("", help="The card's title (default: the data, NER, and the backbone)"),
+    description: str = typer.Option("", help="The package's description (default: its language, entity types, "
+                                    "backbone, data and test F1)"),
     author: str = typer.Option("", help="The model's author, for the card (empty: no Author row)"),
     url: str = typer.Option("", help="The author's or project's URL, for the card"),
 ):
@@ -211,16 +255,24 @@ def main(
     backbone = trained_backbone(model_dir)
     explicit = {"name": backbone_name, "url": backbone_url, "license": backbone_license}
     backbone.update({key: value for key, value in explicit.items() if value})
+    data = training_data(corpus_info)
+    labels = ", ".join(meta["labels"]["ner"])
+    language = get_lang_class(meta["lang"]).__name__
     meta.update({
-        "description": (f"English named entities (PER, ORG, LOC, MISC) with calibrated confidences: "
-                        f"{backbone['name']} ({backbone_summary(backbone)}) fine-tuned on CoNLL-2003 with spaCy. "
-                        f"Test seqeval F1 {test['seqeval_f']:.4f}."),
+        "title": title or f"{data['name']} NER with {backbone['name']}",
+        "description": description or (
+            f"{language} named entities ({labels}) with calibrated confidences: {backbone['name']} "
+            f"({backbone_summary(backbone)}) fine-tuned on {data['name']} with spaCy. "
+            f"Test seqeval F1 {test['seqeval_f']:.4f}."),
         "sources": [{"name": backbone["name"], "url": backbone["url"] or "", "license": backbone["license"] or "",
-                     "author": "Hugging Face hub" if backbone["url"] else "local directory"}, CONLL],
+                     "author": "Hugging Face hub" if backbone["url"] else "local directory"},
+                    CONLL if data["conll2003"] else {"name": data["name"], "url": "", "license": "", "author": ""}],
         "license": (f"MIT (code), {backbone['license'] or 'backbone license not recorded'}"
-                    f"{' (backbone)' if backbone['license'] else ''}; CoNLL-2003 data terms apply"),
+                    f"{' (backbone)' if backbone['license'] else ''}; "
+                    f"{'CoNLL-2003 data terms' if data['conll2003'] else 'the terms of the training data'} apply"),
         "backbone": backbone,
-        "notes": card_sections(meta, backbone),
+        "training_data": data,
+        "notes": card_sections(meta, backbone, data),
     })
     meta.pop("author", None)
     meta.pop("url", None)
@@ -233,7 +285,7 @@ def main(
     atomic_write_text(package_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
     # spaCy's README table, without its unlabelled "Accuracy" table (dev scores and losses): the
     # card's sections label each split.
-    readme = generate_readme({k: v for k, v in meta.items() if k != "performance"})
+    readme = f"# {meta['title']}\n\n" + generate_readme({k: v for k, v in meta.items() if k != "performance"})
     if not author:  # spaCy's table always has an Author row; without an author it would say "n/a"
         readme = "".join(line for line in readme.splitlines(keepends=True) if not line.startswith("| **Author** |"))
     atomic_write_text(package_dir / "README.md", readme)

@@ -7,7 +7,7 @@ import tempfile
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, Optional
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional
 
 import catalogue
 import spacy
@@ -35,6 +35,11 @@ def cpu_has_native_bf16() -> bool:
 def resolve_switch(value: Optional[Switch]) -> Optional[bool]:
     """None stays None (keep the config's value); auto means: does this CPU do bf16 natively?"""
     return None if value is None else cpu_has_native_bf16() if value == Switch.auto else value == Switch.true
+
+
+def iob2_tags(labels: Iterable[str]) -> List[str]:
+    """A token-classification head's tags for these entity types: O, then B- and I- of each."""
+    return ["O", *(f"{prefix}-{label}" for label in labels for prefix in "BI")]
 
 
 class SetupError(RuntimeError):

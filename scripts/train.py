@@ -25,6 +25,7 @@ app = typer.Typer(add_completion=False)
 
 
 def settings_overrides(
+    lang: Optional[str],
     transformer: Optional[str],
     cpu_bf16: Optional[Switch],
     max_steps: Optional[int],
@@ -35,6 +36,7 @@ def settings_overrides(
 ) -> Dict[str, Any]:
     """The config values behind the options; an option left out keeps the config's value."""
     overrides = {
+        "nlp.lang": lang,
         "components.transformer.model.name": transformer,
         "components.transformer.model.cpu_bf16": resolve_switch(cpu_bf16),
         "training.max_steps": max_steps,
@@ -57,6 +59,7 @@ def main(
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
     train_path: Optional[Path] = typer.Option(None, "--train", exists=True, help="Training DocBin (paths.train)"),
     dev_path: Optional[Path] = typer.Option(None, "--dev", exists=True, help="Dev DocBin (paths.dev)"),
+    lang: Optional[str] = typer.Option(None, help="spaCy language code of the pipeline (en, de, xx...)"),
     transformer: Optional[str] = typer.Option(None, help="Hub name or local save_pretrained directory"),
     cpu_bf16: Optional[Switch] = typer.Option(None, help="bf16 autocast for the transformer on the CPU (auto: "
                                               "where the CPU has AMX or AVX512-BF16)"),
@@ -70,7 +73,8 @@ def main(
 ):
     import_code_paths(code_paths)
     overrides = {
-        **settings_overrides(transformer, cpu_bf16, max_steps, eval_frequency, learn_rate, warmup_steps, batch_size),
+        **settings_overrides(lang, transformer, cpu_bf16, max_steps, eval_frequency, learn_rate, warmup_steps,
+                             batch_size),
         **({"paths.train": str(train_path)} if train_path else {}),
         **({"paths.dev": str(dev_path)} if dev_path else {}),
         "training.logger.log_path": str(output_dir / "train_log.jsonl"),

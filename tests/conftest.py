@@ -93,7 +93,9 @@ def tiny_transformer(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def conll_dir(tmp_path_factory) -> Path:
-    return write_conll_dir(tmp_path_factory.mktemp("conll"))
+    """A CoNLL-2003 look-alike: its format, its four labels, and a directory named for it, as the
+    model card recognises CoNLL-2003."""
+    return write_conll_dir(tmp_path_factory.mktemp("conll2003"))
 
 
 PROJECT_FILES = ["project.yml", "configs", "scripts", "model_code", "annotate", "benchmarks", "examples"]
@@ -106,29 +108,34 @@ def run_checked(cmd, cwd, env=None, input_text=None):
     return result
 
 
-def project_run_all(project_dir: Path, transformer: Path, conll: Path) -> subprocess.CompletedProcess:
+def project_run_all(project_dir: Path, transformer: Path, conll: Path, **variables: str) -> subprocess.CompletedProcess:
     """`spacy project run all` with the tiny model: a learning rate and batch size that let a
-    1-layer model learn the sample data in 60 steps."""
+    1-layer model learn the sample data in 60 steps; VARIABLES set further project variables."""
+    settings = {"transformer": transformer, "conll_dir": conll, "gpu_id": -1, "max_steps": 60, "eval_frequency": 20,
+                "n_sents": 2, "learn_rate": 1e-3, "warmup_steps": 5, "batch_size": 300, "package_version": "0.0.1",
+                **variables}
     return run_checked(
         [sys.executable, "-m", "spacy", "project", "run", "all", ".",
-         "--vars.transformer", str(transformer), "--vars.conll_dir", str(conll),
-         "--vars.gpu_id", "-1", "--vars.max_steps", "60", "--vars.eval_frequency", "20",
-         "--vars.n_sents", "2", "--vars.learn_rate", "1e-3", "--vars.warmup_steps", "5",
-         "--vars.batch_size", "300", "--vars.package_version", "0.0.1"],
+         *(item for name, value in settings.items() for item in (f"--vars.{name}", str(value)))],
         cwd=project_dir,
     )
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory, tiny_transformer, conll_dir) -> Path:
-    """A copy of the project after `spacy project run all` on the tiny model and sample data."""
-    project_dir = tmp_path_factory.mktemp("project")
+def copy_project(project_dir: Path) -> Path:
+    """The project's files, without benchmark runs or caches, in PROJECT_DIR."""
     for name in PROJECT_FILES:
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, project_dir / name, ignore=shutil.ignore_patterns("runs", "__pycache__"))
         else:
             shutil.copy(source, project_dir / name)
+    return project_dir
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory, tiny_transformer, conll_dir) -> Path:
+    """A copy of the project after `spacy project run all` on the tiny model and sample data."""
+    project_dir = copy_project(tmp_path_factory.mktemp("project"))
     project_run_all(project_dir, tiny_transformer, conll_dir)
     return project_dir
 

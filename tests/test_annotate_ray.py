@@ -208,7 +208,12 @@ def test_gpu_workers_use_the_device_preflight(project, ray_model, corpus, tmp_pa
 
 
 class RecordingAnnotator:
-    """Stands in for the Annotator: records the resources Ray gave its actor, and how long it held them."""
+    """Stands in for the Annotator: records the resources Ray gave its actor, and how long it held them.
+    Its first batch waits (up to a minute) until `actors` actors have each started one, so that actors
+    which Ray starts a few seconds apart on a busy machine still work at the same time, if they can."""
+
+    barrier_dir = ""
+    actors = 4
 
     def __init__(self, **_):
         import os
@@ -218,24 +223,30 @@ class RecordingAnnotator:
     def __call__(self, files):
         import os
         import time
+        from pathlib import Path
 
         import ray
 
         start = time.time()
-        time.sleep(1.0)
+        barrier = Path(self.barrier_dir)
+        (barrier / str(self.pid)).touch()
+        while len(list(barrier.iterdir())) < self.actors and time.time() < start + 60:
+            time.sleep(0.05)
+        time.sleep(0.5)
         context = ray.get_runtime_context()
         return {"input": [str(files["input"][0])], "pid": [self.pid], "start": [start], "end": [time.time()],
                 "gpu": [context.get_assigned_resources().get("GPU", 0.0)],
                 "cuda_visible_devices": [os.environ.get("CUDA_VISIBLE_DEVICES")]}
 
 
-def test_workers_share_a_gpu_by_fractions():
+def test_workers_share_a_gpu_by_fractions(tmp_path, monkeypatch):
     """Scheduling only, on the CPU: a local Ray declares one GPU that does not exist, and four actors
     of 0.25 GPU (and 0.5 CPU) each run at the same time on it, each given the fraction asked."""
     import ray.cloudpickle
 
     import annotate_ray
 
+    monkeypatch.setattr(RecordingAnnotator, "barrier_dir", str(tmp_path))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
     pending = [{"input": f"in-{i}.jsonl", "output": f"out-{i}.parquet"} for i in range(8)]
     rows = annotate_ray.run_on_ray(pending, None, 4, 0.5, 0.25, {}, local_gpus=1, annotator=RecordingAnnotator)

@@ -7,7 +7,8 @@ import torch
 
 from conftest import run_checked
 
-from reference_train import LABEL_IDS, LABELS, encode, predict_tags, read_sentences, score
+from project_util import iob2_tags
+from reference_train import encode, predict_tags, read_sentences, score, tag_names
 
 
 def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):
@@ -18,9 +19,11 @@ def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):
     # "Seattleites" is not in the tiny vocabulary: it comes in pieces (how many depends on the vocabulary).
     pieces = len(tokenizer.tokenize("Seattleites"))
     assert pieces > 1 and tokenizer.tokenize("Bill Gates") == ["Bill", "Gates"]
-    (example,) = encode(tokenizer, [(words, tags)])
+    labels = tag_names([(words, tags)])
+    assert labels == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    (example,) = encode(tokenizer, [(words, tags)], {label: i for i, label in enumerate(labels)})
     expected = ["B-LOC"] + ["I-LOC"] * (pieces - 1) + ["B-PER", "I-PER"]
-    assert example["labels"] == [-100] + [LABEL_IDS[tag] for tag in expected] + [-100]
+    assert example["labels"] == [-100] + [labels.index(tag) for tag in expected] + [-100]
 
 
 
@@ -29,7 +32,7 @@ def test_scores_are_of_the_fp32_weights_after_bf16_training(tiny_transformer):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
-    model = AutoModelForTokenClassification.from_pretrained(tiny_transformer, num_labels=len(LABELS))
+    model = AutoModelForTokenClassification.from_pretrained(tiny_transformer, num_labels=9)
     # What the Trainer does with bf16=True, and leaves in place after training: an autocast wrapper on forward.
     model = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model)
     autocast_in_classifier = []
@@ -55,7 +58,8 @@ def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_tr
     # The saved model is the one scored: its test F1 again, and the HF pipeline serves it.
     model = AutoModelForTokenClassification.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    assert model.config.id2label == dict(enumerate(LABELS))
+    # The head's tags are the training data's types.
+    assert model.config.id2label == dict(enumerate(iob2_tags(["LOC", "MISC", "ORG", "PER"])))
     assert score(model, tokenizer, read_sentences(corpus / "test.spacy"))["seqeval_f"] == result["test_f1"]
     assert score(model, tokenizer, read_sentences(corpus / "dev.spacy"))["seqeval_f"] == result["dev_f1"]
     groups = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")(

@@ -139,7 +139,8 @@ package_dir = pathlib.Path(spacy.util.get_package_path("en_conll_distilbert"))
 print(json.dumps({"meta": nlp.meta, "readme": next(package_dir.glob("*/README.md")).read_text()}))
 """)
     meta, readme = info["meta"], info["readme"]
-    assert meta["description"].startswith("English named entities (PER, ORG, LOC, MISC)")
+    assert meta["description"].startswith("English named entities (LOC, MISC, ORG, PER)")
+    assert "fine-tuned on CoNLL-2003" in meta["description"]
     # The card names the model that was trained (the tiny local one), never the project's default.
     assert [source["name"] for source in meta["sources"]][0] == tiny_transformer.name
     assert "distilbert-base-cased" not in json.dumps(meta) and "distilbert-base-cased" not in readme
