@@ -15,6 +15,8 @@ longest text; 8, 32 and 128 were slower) unless `--hf-batch-size` is given.
 Variants run alternately, repetition after repetition, and each reports the median words/s.
 The HF model gets a randomly initialised classification head unless BACKBONE already has one: the
 head does not change the speed.
+`--token-objects` adds ours with spacy-transformers' own batching (`array_alignment = false`), the
+"before" of that change's A/B; `--only` runs just the variants named.
 """
 import json
 import platform
@@ -23,7 +25,8 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import spacy
 import torch
@@ -33,8 +36,8 @@ from spacy.tokens import DocBin
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from project_util import (atomic_write_text, cpu_has_native_bf16, import_code_paths, iob2_tags, one_line_errors,
-                          use_device)
+from project_util import (SetupError, atomic_write_text, cpu_has_native_bf16, import_code_paths, iob2_tags,
+                          one_line_errors, use_device)
 
 app = typer.Typer(add_completion=False)
 Runner = Callable[[List[str]], int]
@@ -57,10 +60,11 @@ def machine_info() -> Dict[str, object]:
     }
 
 
-def spacy_runner(model: str, precision: str, confidence: bool) -> Runner:
+def spacy_runner(model: str, precision: str, confidence: bool, array_alignment: bool = True) -> Runner:
     overrides = {
         "components.transformer.model.cpu_bf16": precision == "bf16",
         "components.transformer.model.mixed_precision": precision == "fp16",
+        "components.transformer.model.array_alignment": array_alignment,
     }
     nlp = spacy.load(model, config=overrides, exclude=[] if confidence else ["entity_confidence"])
 
@@ -94,23 +98,33 @@ def hf_runner(backbone: str, tags: List[str], precision: str, gpu_id: int, batch
 
 
 def variants(model: str, backbone: str, tags: List[str], gpu_id: int, batch_size: Optional[int],
-             texts: List[str], sentences: List[str]) -> Dict[str, Tuple[Runner, List[str]]]:
-    hf_fp32 = hf_runner(backbone, tags, "fp32", gpu_id, batch_size)
-    runs = {
-        "ours_fp32": (spacy_runner(model, "fp32", confidence=True), texts),
-        "ours_fp32_no_confidence": (spacy_runner(model, "fp32", confidence=False), texts),
-        "hf_pipeline_fp32": (hf_fp32, texts),
-        "hf_pipeline_fp32_sentences": (hf_fp32, sentences),
-    }
+             texts: List[str], sentences: List[str], token_objects: bool = False,
+             only: Sequence[str] = ()) -> Dict[str, Tuple[Runner, List[str]]]:
+    """Each variant's runner and inputs; with TOKEN_OBJECTS also ours with spacy-transformers' own
+    batching (`array_alignment = false`), the before of an A/B; with ONLY just the variants named."""
     low = "fp16" if gpu_id >= 0 else "bf16"
-    if gpu_id >= 0 or cpu_has_native_bf16():
-        runs.update({
-            f"ours_{low}": (spacy_runner(model, low, confidence=True), texts),
-            f"ours_{low}_no_confidence": (spacy_runner(model, low, confidence=False), texts),
-            f"hf_pipeline_{low}": (hf_runner(backbone, tags, low, gpu_id, batch_size), texts),
-        })
-        if gpu_id < 0:
-            runs["hf_pipeline_bf16_weights"] = (hf_runner(backbone, tags, "bf16_weights", gpu_id, batch_size), texts)
+    precisions = ["fp32", *([low] if gpu_id >= 0 or cpu_has_native_bf16() else [])]
+    makers: Dict[str, Tuple[Callable[[], Runner], List[str]]] = {}
+    for precision in precisions:
+        makers[f"ours_{precision}"] = (partial(spacy_runner, model, precision, True), texts)
+        makers[f"ours_{precision}_no_confidence"] = (partial(spacy_runner, model, precision, False), texts)
+        if token_objects:
+            makers[f"ours_{precision}_token_objects"] = (partial(spacy_runner, model, precision, True, False), texts)
+        makers[f"hf_pipeline_{precision}"] = (partial(hf_runner, backbone, tags, precision, gpu_id, batch_size), texts)
+    makers["hf_pipeline_fp32_sentences"] = (makers["hf_pipeline_fp32"][0], sentences)
+    if low in precisions and gpu_id < 0:
+        makers["hf_pipeline_bf16_weights"] = (partial(hf_runner, backbone, tags, "bf16_weights", gpu_id, batch_size),
+                                              texts)
+    unknown = set(only) - set(makers)
+    if unknown:
+        raise SetupError(f"--only: no variant {', '.join(sorted(unknown))}; the variants: {', '.join(makers)}")
+    built: Dict[Callable[[], Runner], Runner] = {}  # one HF fp32 pipeline serves texts and sentences
+    runs = {}
+    for name, (make, inputs) in makers.items():
+        if not only or name in only:
+            if make not in built:
+                built[make] = make()
+            runs[name] = (built[make], inputs)
     return runs
 
 
@@ -165,6 +179,10 @@ def main(
                                                 "(default: its own, one text a call)"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id for both pipelines, or -1 for the CPU"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
+    token_objects: bool = typer.Option(False, "--token-objects", help="Also run ours with spacy-transformers' own "
+                                       "batching (array_alignment = false): ours_<precision>_token_objects"),
+    only: str = typer.Option("", help="Comma-separated variants to run (default: all), e.g. "
+                             "ours_fp32,ours_fp32_token_objects,hf_pipeline_fp32"),
 ):
     import_code_paths(code_paths)
     with one_line_errors():
@@ -177,7 +195,9 @@ def main(
     n_words = sum(len(doc) for doc in docs)
     # A new HF head's tags: the data's entity types.
     tags = iob2_tags(sorted({ent.label_ for doc in docs for ent in doc.ents}))
-    runs = variants(model, backbone, tags, gpu_id, hf_batch_size, texts, sentences)
+    with one_line_errors():
+        runs = variants(model, backbone, tags, gpu_id, hf_batch_size, texts, sentences, token_objects,
+                        [name for name in only.split(",") if name])
     for run, inputs in runs.values():
         run(inputs[:8])  # warm-up
     seconds: Dict[str, List[float]] = {name: [] for name in runs}
