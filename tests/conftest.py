@@ -53,6 +53,11 @@ def conll_text(documents: Sequence[Sequence[Sequence[Tuple[str, str]]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def two_column_text(sentences: Sequence[Sequence[Tuple[str, str]]]) -> str:
+    """`word<TAB>tag` lines, a blank line after each sentence, no -DOCSTART-."""
+    return "".join("".join(f"{word}\t{tag}\n" for word, tag in sentence) + "\n" for sentence in sentences)
+
+
 def write_conll_dir(
     path: Path, n_docs: Tuple[int, int, int] = (8, 3, 3), sents_per_doc: int = 4, seed: int = 0
 ) -> Path:

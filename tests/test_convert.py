@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import conll_text, write_conll_dir
+from conftest import conll_text, two_column_text, write_conll_dir
 from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
@@ -249,9 +249,7 @@ SCHEME_ENTS = [("Ada Lovelace", "PERSON"), ("Paris", "GPE"), ("London", "GPE"), 
 
 
 def two_column_file(tmp_path: Path, sentences, name: str = "train.txt") -> Path:
-    """`word<TAB>tag` lines, a blank line after each sentence, no -DOCSTART-."""
-    text = "".join("".join(f"{word}\t{tag}\n" for word, tag in sentence) + "\n" for sentence in sentences)
-    return write(tmp_path, text, name)
+    return write(tmp_path, two_column_text(sentences), name)
 
 
 def scheme_sentences(scheme: str):

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PEOPLE, PLACES, copy_project, project_run_all, run_checked, run_in_clean_process
+from conftest import (PEOPLE, PLACES, copy_project, project_run_all, run_checked, run_in_clean_process,
+                      two_column_text)
 
 LABELS = ["DATE", "GPE", "PERSON", "PRODUCT"]
 PRODUCTS = ["iPhone", "Windows 95", "Galaxy S9", "Model T Ford"]
@@ -33,9 +34,7 @@ def own_data(tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("data") / "shop-reviews"
     data_dir.mkdir()
     for name, count in (("train.txt", 32), ("valid.txt", 12), ("test.txt", 12)):
-        sentences = [own_sentence(rng) for _ in range(count)]
-        text = "".join("".join(f"{word}\t{tag}\n" for word, tag in sentence) + "\n" for sentence in sentences)
-        (data_dir / name).write_text(text, encoding="utf-8")
+        (data_dir / name).write_text(two_column_text([own_sentence(rng) for _ in range(count)]), encoding="utf-8")
     return data_dir
 
 
