@@ -4,17 +4,20 @@ width 32, `bench-overhead` builds and trains it). What is left is the per-word w
 (tokenization, alignment, splitting the batch per Doc, the NER's transitions, the confidences),
 which on a GPU bounds what one process can reach.
 
-Before and after, side by side in one process: the transformer component as spacy-transformers
-runs it (`array_alignment = false`: Token objects) and from arrays (`array_alignment = true`),
-alternating, median of the repetitions; the two must give the same entities and confidences.
+Side by side, alternating, median of the repetitions: the transformer component as
+spacy-transformers runs it (`array_alignment = false`: Token objects) and from arrays
+(`array_alignment = true`), both in this process; with `--baseline-python`, also the Token objects
+in another Python environment (another spaCy, say the release before), run there by this script's
+`--serve` mode and timed the same way. All variants must give the same entities and confidences.
 Writes a JSON and the table between `overhead:start` and `overhead:end` in BENCHMARKS.md.
 """
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import spacy
 import typer
@@ -23,15 +26,71 @@ from spacy.tokens import DocBin
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
 from benchmark_speed import component_seconds, machine_info
-from project_util import atomic_write_text, import_code_paths, one_line_errors, replace_between_markers
+from project_util import SetupError, atomic_write_text, import_code_paths, one_line_errors, replace_between_markers
 
 app = typer.Typer(add_completion=False)
 START, END = "<!-- overhead:start -->", "<!-- overhead:end -->"
-VARIANTS = {"spacy-transformers (Token objects)": False, "from arrays": True}
+TOKEN_OBJECTS, FROM_ARRAYS = "spacy-transformers (Token objects)", "from arrays"
+ARRAY_ALIGNMENT = {TOKEN_OBJECTS: False, FROM_ARRAYS: True}
+Repetition = Tuple[float, Dict[str, float]]
 
 
-def entities(docs) -> List:
-    return [[(e.start_char, e.end_char, e.label_, e._.confidence) for e in doc.ents] for doc in docs]
+class Pipeline:
+    """A variant in this process: the release pipeline with the transformer's batches built one way."""
+
+    def __init__(self, model: Path, data: Path, variant: str, cpu_bf16: bool):
+        self.nlp = spacy.load(model, config={"components": {"transformer": {"model": {
+            "array_alignment": ARRAY_ALIGNMENT[variant], "cpu_bf16": cpu_bf16}}}})
+        self.texts = [doc.text for doc in DocBin().from_disk(data).get_docs(self.nlp.vocab)]
+        self.spacy_version = spacy.__version__
+
+    def entities(self) -> List:
+        return [[(e.start_char, e.end_char, e.label_, e._.confidence) for e in doc.ents]
+                for doc in self.nlp.pipe(self.texts)]
+
+    def repetition(self) -> Repetition:
+        start = time.perf_counter()
+        list(self.nlp.pipe(self.texts))
+        return time.perf_counter() - start, component_seconds(self.nlp, self.texts)
+
+
+class PipelineInPython:
+    """A variant in another Python: this script's --serve mode there, one request a line."""
+
+    def __init__(self, python: Path, model: Path, data: Path, variant: str, code: str, cpu_bf16: bool):
+        self.python = python
+        command = [str(python), __file__, str(model), str(data), "--code", code, "--serve", variant]
+        self.process = subprocess.Popen(command + (["--cpu-bf16"] if cpu_bf16 else []), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True)
+        self.spacy_version = self.ask("spacy_version")
+
+    def ask(self, request: str):
+        self.process.stdin.write(request + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise SetupError(f"the benchmark stopped in {self.python} (its error is above): check that it has the "
+                             "project's requirements, with the spaCy to compare")
+        return json.loads(answer)
+
+    def entities(self) -> List:
+        return self.ask("entities")
+
+    def repetition(self) -> Repetition:
+        return tuple(self.ask("repetition"))
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def serve(pipeline: Pipeline) -> None:
+    """Answer the requests of PipelineInPython on stdin, one JSON line each."""
+    answers = {"spacy_version": lambda: pipeline.spacy_version, "entities": pipeline.entities,
+               "repetition": pipeline.repetition}
+    for request in sys.stdin:
+        sys.stdout.write(json.dumps(answers[request.strip()]()) + "\n")
+        sys.stdout.flush()
 
 
 def results_table(result: Dict) -> str:
@@ -42,9 +101,9 @@ def results_table(result: Dict) -> str:
     for variant, words_per_second in result["words_per_second"].items():
         seconds = result["components_seconds"][variant]
         lines.append(f"| {variant} | {words_per_second:,.0f} | " + " | ".join(f"{seconds[n]:.3f}" for n in components) + " |")
-    lines.append(f"| **after ÷ before** | **{result['speedup']:.2f}×** words/s | " + " | ".join(
-        "n/a" if result["component_ratio"][n] is None else f"{result['component_ratio'][n]:.2f}× the time"
-        for n in components) + " |")
+    for before, ratios in result["ratios"].items():
+        lines.append(f"| **from arrays ÷ {before}** | **{ratios['words_per_second']:.2f}×** words/s | " + " | ".join(
+            "n/a" if ratios[n] is None else f"{ratios[n]:.2f}× the time" for n in components) + " |")
     return "\n".join(lines)
 
 
@@ -52,50 +111,65 @@ def results_table(result: Dict) -> str:
 def main(
     model: Path = typer.Argument(..., exists=True, file_okay=False, help="Release pipeline with the tiny transformer"),
     data: Path = typer.Argument(..., exists=True, dir_okay=False, help="DocBin whose texts are annotated (test split)"),
-    output: Path = typer.Option(..., "--output", "-o", help="Result JSON"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Result JSON (required unless --serve)"),
     code: str = typer.Option("", help="Comma-separated Python files with the registered functions"),
     repetitions: int = typer.Option(3, min=1, help="Repetitions of each variant, alternating"),
+    baseline_python: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="Another Python environment (say with an earlier spaCy): also time the Token objects there"),
     benchmarks_md: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file with the overhead markers"),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the table into BENCHMARKS_MD"),
-    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Run the transformer in bf16 on the CPU (both variants)"),
+    cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Run the transformer in bf16 on the CPU (all variants)"),
+    serve_variant: Optional[str] = typer.Option(None, "--serve", hidden=True,
+                                                help="Run this variant for --baseline-python, on stdin requests"),
 ):
     with one_line_errors():
         import_code_paths(code)
-        pipelines = {name: spacy.load(model, config={"components": {"transformer": {"model": {
-            "array_alignment": on, "cpu_bf16": cpu_bf16}}}}) for name, on in VARIANTS.items()}
-        first = next(iter(pipelines.values()))
-        texts = [doc.text for doc in DocBin().from_disk(data).get_docs(first.vocab)]
+        if serve_variant:
+            serve(Pipeline(model, data, serve_variant, cpu_bf16))
+            return
+        if output is None:
+            raise SetupError("--output is required: the result JSON")
+        pipelines = {}
+        if baseline_python:
+            baseline = PipelineInPython(baseline_python, model, data, TOKEN_OBJECTS, code, cpu_bf16)
+            pipelines[f"baseline Python: {TOKEN_OBJECTS}, spaCy {baseline.spacy_version}"] = baseline
+        for variant in ARRAY_ALIGNMENT:
+            pipeline = Pipeline(model, data, variant, cpu_bf16)
+            pipelines[f"{variant}, spaCy {pipeline.spacy_version}"] = pipeline
+        texts = pipeline.texts
         words = sum(len(text.split()) for text in texts)
-        annotations = {name: entities(nlp.pipe(texts)) for name, nlp in pipelines.items()}  # also warms up
+        annotations = {name: pipeline.entities() for name, pipeline in pipelines.items()}  # also warms up
         same = len({json.dumps(a) for a in annotations.values()}) == 1
         seconds: Dict[str, List[float]] = {name: [] for name in pipelines}
         components: Dict[str, List[Dict[str, float]]] = {name: [] for name in pipelines}
         for _ in range(repetitions):
-            for name, nlp in pipelines.items():
-                start = time.perf_counter()
-                list(nlp.pipe(texts))
-                seconds[name].append(time.perf_counter() - start)
-                components[name].append(component_seconds(nlp, texts))
+            for name, pipeline in pipelines.items():
+                wall, by_component = pipeline.repetition()
+                seconds[name].append(wall)
+                components[name].append(by_component)
+        if baseline_python:
+            baseline.close()
         median_components = {name: {c: statistics.median(r[c] for r in runs) for c in runs[0]}
                              for name, runs in components.items()}
-        before, after = VARIANTS
+        words_per_second = {name: round(words / statistics.median(s), 1) for name, s in seconds.items()}
+        after = list(pipelines)[-1]
         result = {
             "words": words, "texts": len(texts), "repetitions": repetitions, "machine": machine_info(),
-            "cpu_bf16": cpu_bf16,
-            "same_entities_and_confidences": same,
-            "seconds": seconds,
-            "words_per_second": {name: round(words / statistics.median(s), 1) for name, s in seconds.items()},
+            "cpu_bf16": cpu_bf16, "baseline_python": str(baseline_python) if baseline_python else None,
+            "same_entities_and_confidences": same, "seconds": seconds, "words_per_second": words_per_second,
             "components_seconds": median_components,
+            "ratios": {before: {"words_per_second": round(words_per_second[after] / words_per_second[before], 3),
+                                **{c: round(median_components[after][c] / median_components[before][c], 3)
+                                   if median_components[before][c] else None for c in median_components[after]}}
+                       for before in list(pipelines)[:-1]},
         }
-        result["speedup"] = round(result["words_per_second"][after] / result["words_per_second"][before], 3)
-        result["component_ratio"] = {c: round(median_components[after][c] / median_components[before][c], 3)
-                                     if median_components[before][c] else None for c in median_components[after]}
         atomic_write_text(output, json.dumps(result, indent=2) + "\n")
         if report:
             replace_between_markers(benchmarks_md, START, END, results_table(result))
         typer.echo(results_table(result))
         if not same:
-            typer.echo("Error: the two variants gave different entities or confidences", err=True)
+            typer.echo("Error: the variants gave different entities or confidences", err=True)
             raise typer.Exit(1)
 
 

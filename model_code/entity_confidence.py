@@ -7,8 +7,10 @@ probabilities of the actions that build the entity (B-, I-, L-, or U-) and of th
 probability is the NER's softmax over all actions (the distribution the greedy NER was trained
 with, spaCy's `cpu_log_loss`) in the state its greedy analysis was in at that token. Those states
 are known from the entities, so every token of a batch is scored in one pass of the NER's step
-model, over token vectors computed once per batch from the transformer output already stored on
-the Docs: the confidences cost a fraction of the NER itself, in proportion to the text's length.
+model, over the NER's own token vectors: those it computed when it ran on the Docs (kept per Doc
+until this component reads them or the Doc is freed), or, for a Doc the NER did not just annotate,
+computed anew from the transformer output stored on it. The confidences cost a fraction of the NER
+itself, in proportion to the text's length.
 (A beam over the NER's transitions, which this replaces, ranked right against wrong entities
 worse and cost twice the NER: BENCHMARKS.md.)
 
@@ -25,7 +27,8 @@ Bundled into the packaged model with `spacy package --code`: it imports only ins
 """
 import json
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from weakref import WeakKeyDictionary
 
 import numpy
 from spacy.language import Language
@@ -80,9 +83,10 @@ class Calibration:
             raise ValueError("a calibration needs at least two points, x and y both non-decreasing")
         self.x, self.y = numpy.asarray(x, dtype="float64"), numpy.asarray(y, dtype="float64")
 
-    def __call__(self, probability: float) -> float:
-        calibrated = float(numpy.interp(probability, self.x, self.y))
-        return (calibrated + TIE_BREAK * probability) / (1 + TIE_BREAK)
+    def __call__(self, probability: Union[float, numpy.ndarray]) -> Union[float, numpy.ndarray]:
+        calibrated = numpy.interp(probability, self.x, self.y)
+        confidence = (calibrated + TIE_BREAK * probability) / (1 + TIE_BREAK)
+        return float(confidence) if numpy.isscalar(probability) else confidence
 
     def to_json(self) -> Dict[str, List[float]]:
         return {"x": self.x.tolist(), "y": self.y.tolist()}
@@ -95,6 +99,10 @@ class EntityConfidence:
         self.name = name
         self.ner_name = ner_name
         self.boundary = boundary
+        self.ner_token_vectors: "WeakKeyDictionary[Doc, object]" = WeakKeyDictionary()
+        self.token_vectors_forward: Optional[Callable] = None
+        if nlp.has_pipe(ner_name):
+            self.remember_ner_token_vectors()
 
     def __call__(self, doc: Doc) -> Doc:
         self.set_confidence([doc])
@@ -116,11 +124,6 @@ class EntityConfidence:
     def set_calibration(self, x: Optional[Sequence[float]], y: Optional[Sequence[float]]) -> None:
         """Map the NER's probability x to the confidence y (interpolated); None: no calibration."""
         self.calibration = None if x is None else Calibration(x, y)
-
-    def set_probability(self, ent: Span, probability: float) -> None:
-        # Clipped: a product of probabilities can come out a hair over 1 in floating point.
-        ent._.raw_confidence = min(1.0, probability)
-        ent._.confidence = self.calibration(ent._.raw_confidence) if self.calibration else ent._.raw_confidence
 
     def pipe(self, docs: Iterable[Doc], batch_size: int = 32) -> Iterator[Doc]:
         for batch in minibatch(docs, size=batch_size):
@@ -148,20 +151,61 @@ class EntityConfidence:
         log_z = numpy.logaddexp.reduce(scores, axis=1)
         return scores[numpy.arange(len(actions)), actions] - log_z
 
+    def remember_ner_token_vectors(self) -> None:
+        """From now on, keep each Doc's rows of the token vectors that the NER computes at inference."""
+        tok2vec = self.nlp.get_pipe(self.ner_name).model.get_ref("tok2vec")
+        forward, remembered = tok2vec._func, self.ner_token_vectors
+
+        def forward_and_remember(model: Model, docs: List[Doc], is_train: bool):
+            tokvecs, backprop = forward(model, docs, is_train)
+            if not is_train:
+                ends = numpy.cumsum([len(doc) for doc in docs])
+                for doc, end in zip(docs, ends.tolist()):
+                    remembered[doc] = tokvecs[end - len(doc):end]
+            return tokvecs, backprop
+
+        self.token_vectors_forward = forward
+        tok2vec._func = forward_and_remember
+
+    def token_vectors(self, docs: List[Doc]):
+        """The NER's token vectors for DOCS, the rows of all in one array: those the NER computed on
+        them, or anew where it did not."""
+        if self.token_vectors_forward is None:
+            self.remember_ner_token_vectors()
+        remembered = [self.ner_token_vectors.pop(doc, None) for doc in docs]
+        ner_model = self.nlp.get_pipe(self.ner_name).model
+        if all(rows is not None and len(rows) == len(doc) for rows, doc in zip(remembered, docs)):
+            return ner_model.ops.xp.concatenate(remembered)
+        return self.token_vectors_forward(ner_model.get_ref("tok2vec"), docs, False)[0]
+
     def set_confidence(self, docs: List[Doc]) -> None:
-        with_ents = [(doc, doc.ents) for doc in docs if doc.ents]  # doc.ents builds its Spans anew: once
+        with_ents = []
+        for doc in docs:
+            ents = doc.ents  # builds its Spans anew: once
+            if ents:
+                with_ents.append((doc, ents))
+            else:
+                self.ner_token_vectors.pop(doc, None)
         if not with_ents:
             return
         docs = [doc for doc, _ in with_ents]
         ents_per_doc = [ents for _, ents in with_ents]
-        tokvecs = self.nlp.get_pipe(self.ner_name).model.get_ref("tok2vec").predict(docs)
-        log_probs = self.greedy_log_probs(docs, ents_per_doc, tokvecs)
-        offset = 0
-        for doc, ents in with_ents:
-            for ent in ents:
-                start, end = max(0, ent.start - self.boundary), min(len(doc), ent.end + self.boundary)
-                self.set_probability(ent, float(numpy.exp(log_probs[offset + start:offset + end].sum())))
+        log_probs = self.greedy_log_probs(docs, ents_per_doc, self.token_vectors(docs))
+        # Each entity's log P, with BOUNDARY tokens each side: a difference of running sums.
+        running = numpy.concatenate([[0.0], numpy.cumsum(log_probs, dtype="float64")])
+        ents, starts, ends, offset = [], [], [], 0
+        for doc, doc_ents in with_ents:
+            for ent in doc_ents:
+                ents.append(ent)
+                starts.append(offset + max(0, ent.start - self.boundary))
+                ends.append(offset + min(len(doc), ent.end + self.boundary))
             offset += len(doc)
+        # Clipped: a product of probabilities can come out a hair over 1 in floating point.
+        probabilities = numpy.minimum(1.0, numpy.exp(running[ends] - running[starts]))
+        confidences = self.calibration(probabilities) if self.calibration else probabilities
+        for ent, probability, confidence in zip(ents, probabilities.tolist(), confidences.tolist()):
+            extensions = ent._
+            extensions.raw_confidence, extensions.confidence = probability, confidence
 
 
 @Language.factory("entity_confidence", default_config={"ner_name": "ner", "boundary": 1})

@@ -11,6 +11,7 @@ import pyarrow
 import pyarrow.parquet
 import pytest
 from conftest import CODE, make_sentence, run_checked
+from spacy.util import load_config
 
 from project_util import gpu_problem
 
@@ -62,10 +63,9 @@ nlp = spacy.load("training/model-release")
 nlp.add_pipe("die_once", config={{"flag_path": {str(root / "died")!r}}})
 nlp.to_disk({str(model)!r})
 """], cwd=project)
-    config = (model / "config.cfg").read_text()
-    (model / "config.cfg").write_text(config.replace(
-        "after_pipeline_creation = null",
-        "\n[nlp.after_pipeline_creation]\n@callbacks = \"test.max_length.v1\"\nmax_length = %d\n" % LONG_TEXT_CHARS))
+    config = load_config(model / "config.cfg", interpolate=False)
+    config["nlp"]["after_pipeline_creation"] = {"@callbacks": "test.max_length.v1", "max_length": LONG_TEXT_CHARS}
+    config.to_disk(model / "config.cfg", interpolate=False)
     return model, f"{CODE},{components}", root / "died"
 
 

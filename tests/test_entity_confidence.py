@@ -38,3 +38,22 @@ def test_confidence_is_the_ners_probability_of_the_entity_and_its_boundaries(nlp
             assert abs(ent._.raw_confidence - numpy.exp(expected[start:end].sum())) < 1e-4
             assert 0.0 < ent._.raw_confidence <= 1.0
             assert ent._.confidence == confidence.calibration(ent._.raw_confidence)
+
+
+def confidences(docs):
+    return [[(ent.start, ent.end, ent._.raw_confidence, ent._.confidence) for ent in doc.ents] for doc in docs]
+
+
+def test_the_ners_own_token_vectors_give_the_confidences_of_token_vectors_computed_anew(nlp):
+    confidence = nlp.get_pipe("entity_confidence")
+    with nlp.select_pipes(disable=["entity_confidence"]):
+        docs = list(nlp.pipe(TEXTS * 3))
+    assert any(doc.ents for doc in docs)
+    assert len(confidence.ner_token_vectors) == len(docs), "the NER's token vectors are kept per Doc"
+    confidence.set_confidence(docs)
+    assert len(confidence.ner_token_vectors) == 0, "entity_confidence leaves no token vectors behind"
+    from_ner = confidences(docs)
+    confidence.set_confidence(docs)  # the NER did not just run on them: computed anew
+    for ours, anew in zip(from_ner, confidences(docs)):
+        assert [ent[:2] for ent in ours] == [ent[:2] for ent in anew]
+        numpy.testing.assert_allclose([ent[2:] for ent in ours], [ent[2:] for ent in anew], rtol=1e-5)
