@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import spacy
 import typer
 from spacy.tokens import DocBin
+from spacy.vocab import Vocab
 
 # The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
@@ -35,13 +36,17 @@ ARRAY_ALIGNMENT = {TOKEN_OBJECTS: False, FROM_ARRAYS: True}
 Repetition = Tuple[float, Dict[str, float]]
 
 
+def read_texts(data: Path) -> List[str]:
+    return [doc.text for doc in DocBin().from_disk(data).get_docs(Vocab())]
+
+
 class Pipeline:
     """A variant in this process: the release pipeline with the transformer's batches built one way."""
 
-    def __init__(self, model: Path, data: Path, variant: str, cpu_bf16: bool):
+    def __init__(self, model: Path, texts: List[str], variant: str, cpu_bf16: bool):
         self.nlp = spacy.load(model, config={"components": {"transformer": {"model": {
             "array_alignment": ARRAY_ALIGNMENT[variant], "cpu_bf16": cpu_bf16}}}})
-        self.texts = [doc.text for doc in DocBin().from_disk(data).get_docs(self.nlp.vocab)]
+        self.texts = texts
         self.spacy_version = spacy.__version__
 
     def entities(self) -> List:
@@ -126,18 +131,18 @@ def main(
     with one_line_errors():
         import_code_paths(code)
         if serve_variant:
-            serve(Pipeline(model, data, serve_variant, cpu_bf16))
+            serve(Pipeline(model, read_texts(data), serve_variant, cpu_bf16))
             return
         if output is None:
             raise SetupError("--output is required: the result JSON")
+        texts = read_texts(data)
         pipelines = {}
         if baseline_python:
             baseline = PipelineInPython(baseline_python, model, data, TOKEN_OBJECTS, code, cpu_bf16)
             pipelines[f"baseline Python: {TOKEN_OBJECTS}, spaCy {baseline.spacy_version}"] = baseline
         for variant in ARRAY_ALIGNMENT:
-            pipeline = Pipeline(model, data, variant, cpu_bf16)
+            pipeline = Pipeline(model, texts, variant, cpu_bf16)
             pipelines[f"{variant}, spaCy {pipeline.spacy_version}"] = pipeline
-        texts = pipeline.texts
         words = sum(len(text.split()) for text in texts)
         annotations = {name: pipeline.entities() for name, pipeline in pipelines.items()}  # also warms up
         same = len({json.dumps(a) for a in annotations.values()}) == 1
