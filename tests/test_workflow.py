@@ -8,6 +8,7 @@ import re
 import numpy
 import yaml
 from conftest import ROOT, project_run_all, rendered_dom, run_in_clean_process
+from spacy.util import load_config
 
 from entity_confidence import Calibration
 
@@ -68,8 +69,8 @@ def test_calibration_is_fitted_on_dev_and_kept_in_the_pipeline(project):
 def test_model_selection_uses_the_seqeval_scorer(project):
     meta = json.loads((project / "training/model-best/meta.json").read_text())
     assert "seqeval_f" in meta["performance"] and "seqeval_per_type" in meta["performance"]
-    config = (project / "training/model-best/config.cfg").read_text()
-    assert '@scorers = "conll.seqeval_ner_scorer.v1"' in config
+    config = load_config(project / "training/model-best/config.cfg", interpolate=False)
+    assert config["components"]["ner"]["scorer"] == {"@scorers": "conll.seqeval_ner_scorer.v1"}
 
 
 def test_rerun_skips_finished_steps(project, tiny_transformer, conll_dir):
