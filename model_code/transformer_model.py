@@ -38,6 +38,7 @@ Bundled into the packaged model with `spacy package --code`: it imports only ins
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from weakref import WeakKeyDictionary
 
 import numpy
 import torch
@@ -57,6 +58,8 @@ from transformers.tokenization_utils_base import PaddingStrategy, TruncationStra
 from transformers.utils import ModelOutput
 
 Forward = Callable[[Model, WordpieceBatch, bool], Tuple[Any, Callable]]
+# Per tokenizer, the token string of every id (wordpiece_strings).
+ID_STRINGS: "WeakKeyDictionary[PreTrainedTokenizerFast, numpy.ndarray]" = WeakKeyDictionary()
 
 
 def to_fp32(model_output: ModelOutput) -> ModelOutput:
@@ -240,7 +243,10 @@ def offset_alignment(flat_spans: List[Span], offsets: Dict[Doc, int], offset_map
     inside = chars < char_base[row + 1] - char_base[row]
     token = numpy.full(chars.shape, -1, dtype="int64")
     token[inside] = char_to_position[chars[inside] + char_base[row[inside]]]
-    pairs = numpy.unique(token[token >= 0] * (n_rows * width) + wordpiece[token >= 0])
+    pairs = token[token >= 0] * (n_rows * width) + wordpiece[token >= 0]
+    # In text order the (token, wordpiece) pairs come sorted, once per character: dropping the
+    # repeats is enough, unless a tokenizer's offsets go back (then sort).
+    pairs = numpy.unique(pairs) if (pairs[1:] < pairs[:-1]).any() else pairs[numpy.diff(pairs, prepend=-1) != 0]
     n_positions = sum(len(doc) for doc in offsets)
     return Ragged(
         (pairs % (n_rows * width)).astype("i"),
@@ -287,18 +293,40 @@ class ArrayTransformerBatch(FullTransformerBatch):
         return split
 
 
+def wordpiece_strings(tokenizer: PreTrainedTokenizerFast, input_ids: numpy.ndarray) -> List[List[str]]:
+    """The token string of each id, padding included: what convert_ids_to_tokens gives, from a
+    table of the vocabulary made once per tokenizer."""
+    table = ID_STRINGS.get(tokenizer)
+    if table is None or input_ids.max() >= len(table):  # len(tokenizer) takes milliseconds: once
+        size = max(len(tokenizer), int(input_ids.max()) + 1)
+        backend = tokenizer.backend_tokenizer
+        table = ID_STRINGS[tokenizer] = numpy.array([backend.id_to_token(i) for i in range(size)], dtype=object)
+    return table[input_ids].tolist()
+
+
+def span_texts(spans: List[Span]) -> List[str]:
+    """Each span's text, as a slice of its Doc's: Doc.text and Span.text join their Token objects'
+    texts, so each Doc's text once."""
+    doc_texts: Dict[Doc, str] = {}
+    texts = []
+    for span in spans:
+        text = doc_texts.get(span.doc)
+        if text is None:
+            text = doc_texts[span.doc] = span.doc.text
+        texts.append(text[span.start_char:span.end_char])
+    return texts
+
+
 def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span]) -> Tuple[WordpieceBatch, numpy.ndarray]:
     """The spans' wordpieces, padded to the longest, and their character offsets: what
     spacy-transformers' huggingface_tokenize gives, straight from the Rust tokenizer's encodings
     (the tokenizer's __call__ spends more time building Python lists than tokenizing)."""
     tokenizer.set_truncation_and_padding(PaddingStrategy.LONGEST, TruncationStrategy.DO_NOT_TRUNCATE, None, 0, None,
                                          None)
-    # A window's text is a slice of its Doc's (Span.text joins its Token objects' texts).
-    encodings = tokenizer.backend_tokenizer.encode_batch(
-        [span.doc.text[span.start_char:span.end_char] for span in spans], add_special_tokens=True)
+    encodings = tokenizer.backend_tokenizer.encode_batch(span_texts(spans), add_special_tokens=True)
     input_ids = numpy.array([encoding.ids for encoding in encodings], dtype="int64")
     wordpieces = WordpieceBatch(
-        strings=[encoding.tokens for encoding in encodings],
+        strings=wordpiece_strings(tokenizer, input_ids),
         input_ids=input_ids,
         attention_mask=numpy.array([encoding.attention_mask for encoding in encodings], dtype="float32"),
         lengths=(input_ids != tokenizer.pad_token_id).sum(axis=1).tolist(),

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import spacy
 from conftest import CODE, ROOT, run_checked
 
@@ -21,7 +22,7 @@ def test_overhead_benchmark_reports_both_variants(project, tmp_path):
     output = tmp_path / "overhead.json"
     run_checked(overhead_command(output, "--benchmarks-md", str(benchmarks_md)), cwd=project)
     result = json.loads(output.read_text())
-    assert result["same_entities_and_confidences"] is True
+    assert result["same_entities"] is True and result["max_confidence_difference"] < 1e-5
     assert list(result["words_per_second"]) == [TOKEN_OBJECTS, FROM_ARRAYS]
     assert all(v > 0 for v in result["words_per_second"].values())
     assert list(result["components_seconds"][FROM_ARRAYS]) == ["tokenizer", "transformer", "ner", "entity_confidence"]
@@ -41,7 +42,7 @@ def test_baseline_python_runs_the_token_objects_there(project, tmp_path):
     assert list(result["words_per_second"]) == [baseline, TOKEN_OBJECTS, FROM_ARRAYS]
     assert list(result["ratios"]) == [baseline, TOKEN_OBJECTS]
     assert len(result["seconds"][baseline]) == 1 and result["components_seconds"][baseline]["ner"] > 0
-    assert result["same_entities_and_confidences"] is True
+    assert result["same_entities"] is True and result["max_confidence_difference"] < 1e-5
     assert result["baseline_python"] == sys.executable
 
 
@@ -55,3 +56,13 @@ def test_a_baseline_python_that_cannot_run_it_is_a_one_line_error(project, tmp_p
     assert finished.returncode == 1 and not output.exists()
     assert f"Error: the benchmark stopped in {broken_python}" in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def test_agreement_needs_the_same_entities_and_measures_the_confidences():
+    from benchmark_overhead import agreement
+
+    ours = [[(0, 4, "PER", 0.9)], []]
+    # As the baseline Python's JSON gives them: lists, not tuples.
+    assert agreement({"a": ours, "b": [[[0, 4, "PER", 0.9 + 2e-7]], []]}) == (True, pytest.approx(2e-7))
+    assert agreement({"a": ours, "b": [[[0, 4, "ORG", 0.9]], []]}) == (False, None)
+    assert agreement({"a": ours, "b": [[], [[0, 4, "PER", 0.9]]]}) == (False, None)

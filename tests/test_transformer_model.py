@@ -284,6 +284,10 @@ def test_offset_alignment_maps_each_token_to_the_wordpieces_over_its_characters(
     align = offset_alignment(spans, doc_offsets(spans), offset_mapping)
     # A token covers the character after it too: the space after "ab" takes " cd" into "ab".
     assert align.lengths.tolist() == [3, 1] and align.data.ravel().tolist() == [1, 2, 3, 3]
+    # Offsets that go back (" cd" first): each token's wordpieces still come sorted, once each.
+    backwards = numpy.array([[[0, 0], [2, 5], [0, 1], [1, 2], [0, 0], [0, 0]]])
+    align = offset_alignment(spans, doc_offsets(spans), backwards)
+    assert align.lengths.tolist() == [3, 1] and align.data.ravel().tolist() == [1, 2, 3, 1]
 
 
 def test_array_training_batches_give_spacy_transformers_gradients(project, nlp):
@@ -311,3 +315,17 @@ def test_array_training_batches_give_spacy_transformers_gradients(project, nlp):
     assert gradients[0].keys() == gradients[1].keys() and gradients[0]
     for name in gradients[1]:
         assert torch.equal(gradients[0][name], gradients[1][name]), name
+
+
+def test_wordpiece_strings_are_the_tokenizers_and_follow_added_tokens(tiny_transformer):
+    from transformer_model import wordpiece_strings
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
+    input_ids = numpy.array(tokenizer(["Bill Gates visited Seattle", "Microsoft"], padding="longest")["input_ids"])
+    assert wordpiece_strings(tokenizer, input_ids) == [tokenizer.convert_ids_to_tokens(row) for row in input_ids]
+    # A token added after the first call has an id past the table made then: the table is made anew.
+    tokenizer.add_tokens(["Zyxwvut"])
+    input_ids = numpy.array([tokenizer("Zyxwvut visited")["input_ids"]])
+    strings = wordpiece_strings(tokenizer, input_ids)
+    assert strings == [tokenizer.convert_ids_to_tokens(input_ids[0])] and "Zyxwvut" in strings[0]
