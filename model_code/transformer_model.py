@@ -37,12 +37,12 @@ Bundled into the packaged model with `spacy package --code`: it imports only ins
 """
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from weakref import WeakKeyDictionary
 
 import numpy
 import torch
-from spacy.attrs import IDX, LENGTH
+from spacy.attrs import IDX, LENGTH, ORTH, SPACY
 from spacy.tokens import Doc, Span
 from spacy.util import registry
 from spacy_transformers.data_classes import FullTransformerBatch, TransformerData, WordpieceBatch
@@ -83,21 +83,20 @@ def bf16_weights(hf_model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {name: tensor.to(torch.bfloat16) for name, tensor in named if tensor.is_floating_point()}
 
 
-def bf16_weights_predict(weights: Dict[str, torch.Tensor]) -> Forward:
-    """An inference forward pass (as thinc's PyTorchShim.predict: eval mode, no gradients) that
-    runs the transformer on WEIGHTS instead of its own parameters; the outputs in fp32."""
-
-    def predict(model: Model, wordpieces: WordpieceBatch, is_train: bool) -> Tuple[Any, Callable]:
-        hf_model = model.shims[0]._model
-        inputs, _ = model.attrs["convert_inputs"](model, wordpieces, False)
-        hf_model.eval()
-        with torch.no_grad():
-            output = torch.func.functional_call(hf_model, weights, inputs.args, inputs.kwargs, strict=False)
-        hf_model.train()
-        output, _ = model.attrs["convert_outputs"](model, (wordpieces, output), False)
-        return to_fp32(output), predict_only
-
-    return predict
+def predict_rows(model: Model, wordpieces: WordpieceBatch, weights: Optional[Dict[str, torch.Tensor]]) -> ModelOutput:
+    """The transformer's outputs for WORDPIECES, as thinc's PyTorchShim.predict gives them, with the
+    model already in eval mode and gradients off (once per batch of Docs, not once per group):
+    on WEIGHTS, with the outputs in fp32, when given; else on its own parameters, fp16 autocast on
+    CUDA with mixed_precision."""
+    shim = model.shims[0]
+    inputs, _ = model.attrs["convert_inputs"](model, wordpieces, False)
+    if weights is None:
+        with torch.autocast(device_type="cuda", enabled=shim._mixed_precision):
+            output = shim._model(*inputs.args, **inputs.kwargs)
+    else:
+        output = to_fp32(torch.func.functional_call(shim._model, weights, inputs.args, inputs.kwargs, strict=False))
+    output, _ = model.attrs["convert_outputs"](model, (wordpieces, output), False)
+    return output
 
 
 def groups_by_length(lengths: List[int], max_padded: int) -> List[numpy.ndarray]:
@@ -166,22 +165,34 @@ def by_length(cpu_bf16: bool, max_padded: int, train_fill: float) -> Forward:
     similar length (see the module's doc)."""
 
     def forward_by_length(model: Model, wordpieces: WordpieceBatch, is_train: bool) -> Tuple[Any, Callable]:
-        shim = model.shims[0]
-        forward = pytorch_forward
-        if cpu_bf16 and shim._model.device.type == "cpu":
-            # One bf16 copy of the weights for all the groups of this batch.
-            forward = cpu_bf16_forward if is_train else bf16_weights_predict(bf16_weights(shim._model))
-        # Attention maps have two sequence axes: with output_attentions, one padded batch. The
-        # gradient scaler unscales all gradients after each backward pass, so with it, one as well.
-        if (len(wordpieces) == 0 or shim._model.config.output_attentions
-                or (is_train and (train_fill <= 0 or shim._grad_scaler._enabled))
-                or (not is_train and max_padded <= 0)):
-            return forward(model, wordpieces, is_train)
+        hf_model = model.shims[0]._model
+        on_cpu_in_bf16 = cpu_bf16 and hf_model.device.type == "cpu"
+        if len(wordpieces) == 0:
+            return pytorch_forward(model, wordpieces, is_train)
+        # Attention maps have two sequence axes: with output_attentions, one padded batch.
+        one_batch = hf_model.config.output_attentions or (train_fill <= 0 if is_train else max_padded <= 0)
         n_rows, width = wordpieces.input_ids.shape
+        if not is_train:
+            # One bf16 copy of the weights for all the groups of this batch.
+            weights = bf16_weights(hf_model) if on_cpu_in_bf16 else None
+            hf_model.eval()
+            try:
+                with torch.no_grad():
+                    if one_batch:
+                        return predict_rows(model, wordpieces, weights), predict_only
+                    groups = []
+                    for rows in groups_by_length(wordpieces.lengths, max_padded):
+                        output = predict_rows(model, select_rows(wordpieces, rows), weights)
+                        groups.append((torch.as_tensor(rows, device=output["last_hidden_state"].device), output))
+                    return merge_outputs(groups, n_rows, width), predict_only
+            finally:
+                hf_model.train()
+        forward = cpu_bf16_forward if on_cpu_in_bf16 else pytorch_forward
+        # The gradient scaler unscales all gradients after each backward pass: with it, one batch.
+        if one_batch or model.shims[0]._grad_scaler._enabled:
+            return forward(model, wordpieces, is_train)
         groups, backprops = [], []
-        rows_of_groups = (groups_by_fill(wordpieces.lengths, train_fill) if is_train
-                          else groups_by_length(wordpieces.lengths, max_padded))
-        for rows in rows_of_groups:
+        for rows in groups_by_fill(wordpieces.lengths, train_fill):
             output, backprop = forward(model, select_rows(wordpieces, rows), is_train)
             groups.append((torch.as_tensor(rows, device=output["last_hidden_state"].device), output))
             backprops.append(backprop)
@@ -197,7 +208,7 @@ def by_length(cpu_bf16: bool, max_padded: int, train_fill: float) -> Forward:
                 backprop(d_group)
             return []
 
-        return merged, backprop_groups if is_train else predict_only
+        return merged, backprop_groups
 
     return forward_by_length
 
@@ -219,34 +230,34 @@ def offset_alignment(flat_spans: List[Span], offsets: Dict[Doc, int], offset_map
     characters it covers, sorted: spacy-transformers' get_alignment_via_offset_mapping, from arrays.
     A token covers its characters and the one after it, unless the next token starts there."""
     n_rows, width = offset_mapping.shape[:2]
-    char_base = numpy.zeros(n_rows + 1, dtype="int64")  # each window's characters, end to end
-    numpy.cumsum([span.end_char - span.start_char + 1 for span in flat_spans], out=char_base[1:])
-    starts, lengths, positions = [], [], []
-    doc_arrays: Dict[Doc, numpy.ndarray] = {}
-    for row, span in enumerate(flat_spans):
-        if span.doc not in doc_arrays:
-            doc_arrays[span.doc] = span.doc.to_array([IDX, LENGTH]).astype("int64", copy=False)
-        tokens = doc_arrays[span.doc][span.start:span.end]
-        starts.append(tokens[:, 0] - span.start_char + char_base[row])
-        lengths.append(tokens[:, 1])
-        positions.append(numpy.arange(span.start, span.end) + offsets[span.doc])
-    starts, lengths, positions = numpy.concatenate(starts), numpy.concatenate(lengths), numpy.concatenate(positions)
-    char_to_position = numpy.full(char_base[-1], -1, dtype="int64")
-    char_to_position[starts + lengths] = positions  # the character after each token, first
-    char_to_position[expand_ranges(starts, lengths)] = numpy.repeat(positions, lengths)
-    # Every character of every wordpiece (special tokens and padding have none), and its token.
-    wp_starts, wp_ends = offset_mapping[..., 0].astype("int64"), offset_mapping[..., 1].astype("int64")
-    wp_lengths = numpy.maximum(wp_ends - wp_starts, 0).ravel()
-    chars = expand_ranges(wp_starts.ravel(), wp_lengths)
-    wordpiece = numpy.repeat(numpy.arange(n_rows * width), wp_lengths)
-    row = wordpiece // width
-    inside = chars < char_base[row + 1] - char_base[row]
-    token = numpy.full(chars.shape, -1, dtype="int64")
-    token[inside] = char_to_position[chars[inside] + char_base[row[inside]]]
-    pairs = token[token >= 0] * (n_rows * width) + wordpiece[token >= 0]
-    # In text order the (token, wordpiece) pairs come sorted, once per character: dropping the
-    # repeats is enough, unless a tokenizer's offsets go back (then sort).
-    pairs = numpy.unique(pairs) if (pairs[1:] < pairs[:-1]).any() else pairs[numpy.diff(pairs, prepend=-1) != 0]
+    # Per window: its first token's position, its tokens, its first character in its Doc, its characters.
+    first_position, n_tokens, first_char, window_lengths = numpy.array(
+        [(offsets[span.doc] + span.start, len(span), span.start_char, span.end_char - span.start_char)
+         for span in flat_spans], dtype="int64").T
+    # The Docs' token offsets and lengths end to end, in the order of `offsets`: a token's
+    # position indexes them.
+    tokens = numpy.concatenate([doc.to_array([IDX, LENGTH]) for doc in offsets]).astype("int64", copy=False)
+    positions = expand_ranges(first_position, n_tokens)
+    row = numpy.repeat(numpy.arange(n_rows), n_tokens)
+    # The windows' characters end to end, one apart, so that one sorted array holds all their tokens.
+    char_base = numpy.concatenate([[0], numpy.cumsum(window_lengths + 1)[:-1]])
+    starts = tokens[positions, 0] - first_char[row]
+    next_starts = numpy.append(starts[1:], 0)
+    last_of_window = numpy.cumsum(n_tokens) - 1
+    next_starts[last_of_window] = window_lengths
+    ends = numpy.minimum(starts + tokens[positions, 1] + 1, next_starts) + char_base[row]
+    starts += char_base[row]
+    # Each wordpiece's characters within its window (special tokens and padding have none), and
+    # the tokens whose characters overlap them: a run of consecutive tokens.
+    wp_starts = (offset_mapping[..., 0] + char_base[:, None]).ravel()
+    wp_ends = (numpy.minimum(offset_mapping[..., 1], window_lengths[:, None]) + char_base[:, None]).ravel()
+    wordpiece = numpy.flatnonzero(wp_ends > wp_starts)
+    first = numpy.searchsorted(ends, wp_starts[wordpiece], side="right")
+    counts = numpy.maximum(numpy.searchsorted(starts, wp_ends[wordpiece], side="left") - first, 0)
+    pairs = positions[expand_ranges(first, counts)] * (n_rows * width) + numpy.repeat(wordpiece, counts)
+    # In text order the (token, wordpiece) pairs come sorted, unless a tokenizer's offsets go back.
+    if (pairs[1:] < pairs[:-1]).any():
+        pairs = numpy.unique(pairs)
     n_positions = sum(len(doc) for doc in offsets)
     return Ragged(
         (pairs % (n_rows * width)).astype("i"),
@@ -304,38 +315,59 @@ def wordpiece_strings(tokenizer: PreTrainedTokenizerFast, input_ids: numpy.ndarr
     return table[input_ids].tolist()
 
 
+def doc_texts(docs: List[Doc]) -> List[str]:
+    """Each Doc's text, as Doc.text gives it, from arrays of its tokens' words and trailing spaces
+    (ORTH, SPACY) and one string lookup per distinct word: Doc.text makes a Token object a token."""
+    arrays = [doc.to_array([ORTH, SPACY]) for doc in docs]
+    tokens = numpy.concatenate(arrays)
+    orths, word_index = numpy.unique(tokens[:, 0], return_inverse=True)
+    words = [docs[0].vocab.strings[orth] for orth in orths.tolist()]
+    with_space = tokens[:, 1].astype("int64")
+    pieces = numpy.array(words + [word + " " for word in words], dtype=object)[word_index + len(words) * with_space]
+    ends = numpy.cumsum([len(array) for array in arrays])
+    return ["".join(pieces[end - len(array):end].tolist()) for array, end in zip(arrays, ends)]
+
+
 def span_texts(spans: List[Span]) -> List[str]:
-    """Each span's text, as a slice of its Doc's: Doc.text and Span.text join their Token objects'
-    texts, so each Doc's text once."""
-    doc_texts: Dict[Doc, str] = {}
-    texts = []
-    for span in spans:
-        text = doc_texts.get(span.doc)
-        if text is None:
-            text = doc_texts[span.doc] = span.doc.text
-        texts.append(text[span.start_char:span.end_char])
-    return texts
+    """Each span's text, as a slice of its Doc's text (doc_texts)."""
+    docs = list(dict.fromkeys(span.doc for span in spans))
+    texts = dict(zip(docs, doc_texts(docs)))
+    return [texts[span.doc][span.start_char:span.end_char] for span in spans]
 
 
 def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span]) -> Tuple[WordpieceBatch, numpy.ndarray]:
     """The spans' wordpieces, padded to the longest, and their character offsets: what
     spacy-transformers' huggingface_tokenize gives, straight from the Rust tokenizer's encodings
-    (the tokenizer's __call__ spends more time building Python lists than tokenizing)."""
-    tokenizer.set_truncation_and_padding(PaddingStrategy.LONGEST, TruncationStrategy.DO_NOT_TRUNCATE, None, 0, None,
-                                         None)
+    (the tokenizer's __call__ spends more time building Python lists than tokenizing). The
+    encodings come unpadded, and are padded here in arrays: padding in the tokenizer costs it a
+    quarter more time, and twice as many Python objects for the offsets."""
+    tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.DO_NOT_TRUNCATE, None, 0,
+                                         None, None)
     encodings = tokenizer.backend_tokenizer.encode_batch(span_texts(spans), add_special_tokens=True)
-    input_ids = numpy.array([encoding.ids for encoding in encodings], dtype="int64")
+    sizes = numpy.fromiter(map(len, encodings), dtype="int64", count=len(encodings))
+    columns = numpy.arange(sizes.max())
+    # Each row's real wordpieces, in order: row-major assignment through this mask fills them in.
+    real = (columns < sizes[:, None]) if tokenizer.padding_side == "right" else (columns >= columns.size - sizes[:, None])
+
+    def padded(values: Iterable[int], pad: int, per_wordpiece: int = 1) -> numpy.ndarray:
+        """VALUES, PER_WORDPIECE for each real wordpiece in order, in an array padded with PAD."""
+        array = numpy.full((*real.shape, per_wordpiece), pad, dtype="int64")
+        array[real] = numpy.fromiter(values, dtype="int64", count=sizes.sum() * per_wordpiece).reshape(-1, per_wordpiece)
+        return array if per_wordpiece > 1 else array[..., 0]
+
+    input_ids = padded(chain.from_iterable(encoding.ids for encoding in encodings), tokenizer.pad_token_id)
     wordpieces = WordpieceBatch(
         strings=wordpiece_strings(tokenizer, input_ids),
         input_ids=input_ids,
-        attention_mask=numpy.array([encoding.attention_mask for encoding in encodings], dtype="float32"),
+        attention_mask=real.astype("float32"),
         lengths=(input_ids != tokenizer.pad_token_id).sum(axis=1).tolist(),
-        token_type_ids=(numpy.array([encoding.type_ids for encoding in encodings], dtype="int64")
+        token_type_ids=(padded(chain.from_iterable(encoding.type_ids for encoding in encodings),
+                               tokenizer.pad_token_type_id)
                         if "token_type_ids" in tokenizer.model_input_names else None),
     )
-    # From an iterator: three times faster than numpy.array over lists of (start, end) tuples.
+    # From iterators: three times faster than numpy.array over lists of (start, end) tuples.
     offsets = chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings))
-    return wordpieces, numpy.fromiter(offsets, dtype="int64", count=input_ids.size * 2).reshape(*input_ids.shape, 2)
+    return wordpieces, padded(offsets, 0, per_wordpiece=2)
 
 
 def array_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[FullTransformerBatch, Callable]:
@@ -344,7 +376,10 @@ def array_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[FullTr
     tokenizer = model.tokenizer
     nested_spans = model.attrs["get_spans"](docs)
     flat_spans = [span for doc_spans in nested_spans for span in doc_spans]
-    if not flat_spans or not isinstance(tokenizer, PreTrainedTokenizerFast) or any(len(s) == 0 for s in flat_spans):
+    # spacy-transformers' own path where it fails or has nothing to do: its error for a tokenizer
+    # without a padding token.
+    if (not flat_spans or not isinstance(tokenizer, PreTrainedTokenizerFast) or tokenizer.pad_token_id is None
+            or any(len(s) == 0 for s in flat_spans)):
         return spacy_transformers_forward(model, docs, is_train)
     maybe_flush_pytorch_cache(chance=model.attrs.get("flush_cache_chance", 0))
     wordpieces, offset_mapping = tokenize(tokenizer, flat_spans)

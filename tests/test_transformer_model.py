@@ -1,6 +1,7 @@
 import random
 
 import numpy
+import pytest
 import spacy
 from conftest import make_sentence
 from spacy.training import Example
@@ -272,6 +273,39 @@ def test_array_batches_equal_spacy_transformers_batches(project, nlp):
         assert [(e.start, e.end, e.label_, e._.confidence) for e in array_doc.ents] == [
             (e.start, e.end, e.label_, e._.confidence) for e in token_doc.ents]
     assert any(doc.ents for doc in array_docs)
+
+
+def test_doc_texts_are_the_docs_texts():
+    from transformer_model import doc_texts
+
+    blank = spacy.blank("en")
+    docs = [blank(text) for text in awkward_texts()]  # empty, whitespace, unicode, trailing spaces
+    assert doc_texts(docs) == [doc.text for doc in docs] == awkward_texts()
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("with_type_ids", [False, True])
+def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, with_type_ids):
+    from spacy_transformers.data_classes import WordpieceBatch
+    from spacy_transformers.layers.transformer_model import huggingface_tokenize
+    from transformer_model import tokenize
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_transformer, padding_side=padding_side)
+    if with_type_ids:  # DistilBERT takes none: ask for them, as a BERT tokenizer does
+        tokenizer.model_input_names = [*tokenizer.model_input_names, "token_type_ids"]
+    blank = spacy.blank("en")
+    spans = [blank(text)[:] for text in awkward_texts() if text.strip()]  # windows of many lengths
+    ours, offsets = tokenize(tokenizer, spans)
+    encoding = huggingface_tokenize(tokenizer, [span.text for span in spans])
+    theirs = WordpieceBatch.from_batch_encoding(encoding)
+    assert ours.strings == theirs.strings and ours.lengths == theirs.lengths
+    assert len(set(ours.lengths)) > 2  # rows of other lengths: padding on PADDING_SIDE
+    for name in ("input_ids", "attention_mask", "token_type_ids"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        assert (a is None) == (b is None) == (name == "token_type_ids" and not with_type_ids), name
+        assert a is None or (numpy.array_equal(a, b) and a.dtype == b.dtype), name
+    assert numpy.array_equal(offsets, encoding["offset_mapping"])
 
 
 def test_offset_alignment_maps_each_token_to_the_wordpieces_over_its_characters(nlp):
