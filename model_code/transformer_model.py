@@ -31,7 +31,10 @@ tokens and each Doc's share of the outputs by walking spaCy `Token` objects one 
 object per token, several times per batch), which costs more CPU time than a small transformer's
 forward pass on a GPU. With `array_alignment = true` the same wordpieces, alignment and per-Doc
 outputs are computed from arrays: the tokens' character offsets (`doc.to_array`), the tokenizer's
-offset mapping, and NumPy indexing over the whole batch (see `offset_alignment`).
+offset mapping, and NumPy indexing over the whole batch (see `offset_alignment`). A BERT tokenizer
+encodes a text word by word, so each distinct word of a batch is encoded once and the windows are
+put together from its wordpieces (`encode_by_word`): the same ids and offsets, with the Rust
+tokenizer run over each word once; any other tokenizer gets the windows' texts whole.
 
 Bundled into the packaged model with `spacy package --code`: it imports only installed libraries.
 """
@@ -52,12 +55,15 @@ from spacy_transformers.util import maybe_flush_pytorch_cache
 from thinc.api import Model, Optimizer, torch2xp
 from thinc.layers.pytorchwrapper import forward as pytorch_forward
 from thinc.types import Ragged
+from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from torch.optim.adam import adam as torch_adam
 from transformers import PreTrainedTokenizerFast
 from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
 from transformers.utils import ModelOutput
 
 Forward = Callable[[Model, WordpieceBatch, bool], Tuple[Any, Callable]]
+# Distinct words per text that encode_words hands the Rust tokenizer: texts enough for its threads.
+WORDS_PER_TEXT = 256
 # Per tokenizer, the token string of every id (wordpiece_strings).
 ID_STRINGS: "WeakKeyDictionary[PreTrainedTokenizerFast, numpy.ndarray]" = WeakKeyDictionary()
 
@@ -225,23 +231,46 @@ def doc_offsets(flat_spans: List[Span]) -> Dict[Doc, int]:
     return offsets
 
 
+@dataclass
+class WindowTokens:
+    """The tokens of a batch's windows. `tokens`: the ATTRS of every token of its Docs, end to end
+    in the order of `doc_offsets` (a token's position indexes them). Per window: its first token's
+    position, its number of tokens, its first character in its Doc and its number of characters.
+    Per token of each window in turn: its position and its window."""
+
+    tokens: numpy.ndarray
+    first_position: numpy.ndarray
+    n_tokens: numpy.ndarray
+    first_char: numpy.ndarray
+    n_chars: numpy.ndarray
+    positions: numpy.ndarray
+    window: numpy.ndarray
+
+    @classmethod
+    def of(cls, flat_spans: List[Span], offsets: Dict[Doc, int], attrs: List[int]) -> "WindowTokens":
+        first_position, n_tokens, first_char, n_chars = numpy.array(
+            [(offsets[span.doc] + span.start, len(span), span.start_char, span.end_char - span.start_char)
+             for span in flat_spans], dtype="int64").T
+        return cls(
+            # ORTH hashes are uint64: viewed as int64 here, astype("uint64") gives them back.
+            tokens=numpy.concatenate([doc.to_array(attrs) for doc in offsets]).astype("int64", copy=False),
+            first_position=first_position, n_tokens=n_tokens, first_char=first_char, n_chars=n_chars,
+            positions=expand_ranges(first_position, n_tokens),
+            window=numpy.repeat(numpy.arange(len(flat_spans)), n_tokens),
+        )
+
+
 def offset_alignment(flat_spans: List[Span], offsets: Dict[Doc, int], offset_mapping: numpy.ndarray) -> Ragged:
     """For each token position, the flat indices (row * width + column) of the wordpieces whose
     characters it covers, sorted: spacy-transformers' get_alignment_via_offset_mapping, from arrays.
     A token covers its characters and the one after it, unless the next token starts there."""
     n_rows, width = offset_mapping.shape[:2]
-    # Per window: its first token's position, its tokens, its first character in its Doc, its characters.
-    first_position, n_tokens, first_char, window_lengths = numpy.array(
-        [(offsets[span.doc] + span.start, len(span), span.start_char, span.end_char - span.start_char)
-         for span in flat_spans], dtype="int64").T
-    # The Docs' token offsets and lengths end to end, in the order of `offsets`: a token's
-    # position indexes them.
-    tokens = numpy.concatenate([doc.to_array([IDX, LENGTH]) for doc in offsets]).astype("int64", copy=False)
-    positions = expand_ranges(first_position, n_tokens)
-    row = numpy.repeat(numpy.arange(n_rows), n_tokens)
+    windows = WindowTokens.of(flat_spans, offsets, [IDX, LENGTH])
+    tokens, positions, row, n_tokens, window_lengths = (
+        windows.tokens, windows.positions, windows.window, windows.n_tokens, windows.n_chars)
     # The windows' characters end to end, one apart, so that one sorted array holds all their tokens.
     char_base = numpy.concatenate([[0], numpy.cumsum(window_lengths + 1)[:-1]])
-    starts = tokens[positions, 0] - first_char[row]
+    starts = tokens[positions, 0] - windows.first_char[row]
     next_starts = numpy.append(starts[1:], 0)
     last_of_window = numpy.cumsum(n_tokens) - 1
     next_starts[last_of_window] = window_lengths
@@ -335,39 +364,168 @@ def span_texts(spans: List[Span]) -> List[str]:
     return [texts[span.doc][span.start_char:span.end_char] for span in spans]
 
 
+@dataclass
+class Encoded:
+    """Each window's wordpieces end to end, special tokens included: how many a window, their ids,
+    type ids and character offsets within the window's text."""
+
+    sizes: numpy.ndarray
+    ids: numpy.ndarray
+    type_ids: numpy.ndarray
+    offsets: numpy.ndarray
+
+
+def encode_windows(backend: Tokenizer, spans: List[Span]) -> Encoded:
+    """The Rust tokenizer's encodings of the spans' texts, in flat arrays."""
+    encodings = backend.encode_batch(span_texts(spans), add_special_tokens=True)
+    sizes = numpy.fromiter(map(len, encodings), dtype="int64", count=len(encodings))
+
+    def flat(values: Iterable[int], per_wordpiece: int = 1) -> numpy.ndarray:
+        array = numpy.fromiter(values, dtype="int64", count=sizes.sum() * per_wordpiece)
+        return array.reshape(-1, per_wordpiece) if per_wordpiece > 1 else array
+
+    return Encoded(
+        sizes=sizes,
+        ids=flat(chain.from_iterable(encoding.ids for encoding in encodings)),
+        type_ids=flat(chain.from_iterable(encoding.type_ids for encoding in encodings)),
+        # From iterators: three times faster than numpy.array over lists of (start, end) tuples.
+        offsets=flat(chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings)), 2),
+    )
+
+
+@dataclass
+class SpecialTokens:
+    """What the tokenizer puts around a single text: ids, type ids and offsets before and after it,
+    and the type id of the text's own wordpieces."""
+
+    before: Tuple[List[int], List[int], List[Tuple[int, int]]]
+    after: Tuple[List[int], List[int], List[Tuple[int, int]]]
+    text_type_id: int
+
+
+def word_by_word(backend: Tokenizer) -> Optional[SpecialTokens]:
+    """The special tokens around a single text when BACKEND encodes a text as its space-separated words'
+    encodings end to end: BERT's normalizer and pre-tokenizer work within words and split at
+    whitespace, and no added token holds or strips whitespace. None for any other tokenizer."""
+    if not (isinstance(backend.normalizer, (normalizers.BertNormalizer, type(None)))
+            and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+            and isinstance(backend.post_processor, (processors.TemplateProcessing, processors.BertProcessing, type(None)))):
+        return None
+    if any(token.lstrip or token.rstrip or any(char.isspace() for char in token.content)
+           for token in backend.get_added_tokens_decoder().values()):
+        return None
+    probe = backend.encode("a", add_special_tokens=True)
+    special = numpy.asarray(probe.special_tokens_mask, dtype=bool)
+    text = numpy.flatnonzero(~special)
+    if len(text) == 0 or special[text[0]:text[-1] + 1].any():
+        return None
+
+    def part(where: slice) -> Tuple[List[int], List[int], List[Tuple[int, int]]]:
+        return probe.ids[where], probe.type_ids[where], probe.offsets[where]
+
+    return SpecialTokens(before=part(slice(0, text[0])), after=part(slice(text[-1] + 1, None)),
+                         text_type_id=probe.type_ids[text[0]])
+
+
+def encode_words(backend: Tokenizer, words: List[str]) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    """Each word's wordpieces: their ids and character offsets within the word (in the words'
+    order), and how many a word. The words go to the Rust tokenizer a few hundred to a text,
+    separated by spaces: one Encoding a word would cost more than the tokenizing."""
+    lengths = numpy.fromiter(map(len, words), dtype="int64", count=len(words))
+    # Each word's first character in the words joined by spaces: the texts below, end to end.
+    word_starts = numpy.cumsum(lengths + 1) - (lengths + 1)
+    text_starts = word_starts[::WORDS_PER_TEXT]
+    texts = [" ".join(words[i:i + WORDS_PER_TEXT]) for i in range(0, len(words), WORDS_PER_TEXT)]
+    encodings = backend.encode_batch(texts, add_special_tokens=False)
+    sizes = numpy.fromiter(map(len, encodings), dtype="int64", count=len(encodings))
+    ids = numpy.fromiter(chain.from_iterable(encoding.ids for encoding in encodings), dtype="int64", count=sizes.sum())
+    offsets = numpy.fromiter(chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings)),
+                             dtype="int64", count=sizes.sum() * 2).reshape(-1, 2)
+    offsets += numpy.repeat(text_starts, sizes)[:, None]
+    word = numpy.searchsorted(word_starts, offsets[:, 0], side="right") - 1
+    offsets -= word_starts[word][:, None]
+    return ids, offsets, numpy.bincount(word, minlength=len(words))
+
+
+def encode_by_word(backend: Tokenizer, spans: List[Span], specials: SpecialTokens) -> Encoded:
+    """What encode_windows gives, for a tokenizer that encodes word by word (word_by_word): each
+    distinct word of the batch is encoded once, and the windows are put together from its
+    wordpieces, their offsets moved to the word's place in the window, between the special tokens.
+    A word here is a run of spaCy tokens with no space between them ("didn't" is two tokens)."""
+    windows = WindowTokens.of(spans, doc_offsets(spans), [ORTH, SPACY, IDX])
+    tokens, positions = windows.tokens, windows.positions
+    # A word starts each window, and after each token followed by a space.
+    starts_word = numpy.ones(len(positions), dtype=bool)
+    starts_word[1:] = tokens[positions[:-1], 1] != 0
+    starts_word[numpy.cumsum(windows.n_tokens)[:-1]] = True
+    word_first = numpy.flatnonzero(starts_word)
+    word_tokens = numpy.diff(numpy.append(word_first, len(positions)))
+    # Each word's text: a token's own text, one lookup per distinct token; joined where a word has several.
+    orths, text_index = numpy.unique(tokens[positions, 0].astype("uint64"), return_inverse=True)
+    strings = spans[0].doc.vocab.strings
+    texts = [strings[orth] for orth in orths.tolist()]
+    word_text = text_index[word_first]
+    joined: Dict[str, int] = {}
+    for w in numpy.flatnonzero(word_tokens > 1).tolist():
+        text = "".join(texts[i] for i in text_index[word_first[w]:word_first[w] + word_tokens[w]].tolist())
+        word_text[w] = joined.setdefault(text, len(texts) + len(joined))
+    texts += list(joined)
+    distinct, word_distinct = numpy.unique(word_text, return_inverse=True)
+    piece_ids, piece_offsets, pieces_of = encode_words(backend, [texts[i] for i in distinct.tolist()])
+    # The windows' wordpieces, word by word, and where each word starts in its window's text.
+    word_pieces = pieces_of[word_distinct]
+    pieces = expand_ranges((numpy.cumsum(pieces_of) - pieces_of)[word_distinct], word_pieces)
+    word_window = windows.window[word_first]
+    word_char = tokens[positions[word_first], 2] - windows.first_char[word_window]
+    text_sizes = numpy.bincount(word_window, weights=word_pieces, minlength=len(spans)).astype("int64")
+    n_before, n_after = len(specials.before[0]), len(specials.after[0])
+    sizes = text_sizes + n_before + n_after
+    window_starts = numpy.cumsum(sizes) - sizes
+    encoded = Encoded(sizes=sizes, ids=numpy.empty(sizes.sum(), dtype="int64"),
+                      type_ids=numpy.full(sizes.sum(), specials.text_type_id, dtype="int64"),
+                      offsets=numpy.empty((sizes.sum(), 2), dtype="int64"))
+    in_text = expand_ranges(window_starts + n_before, text_sizes)
+    encoded.ids[in_text] = piece_ids[pieces]
+    encoded.offsets[in_text] = piece_offsets[pieces] + numpy.repeat(word_char, word_pieces)[:, None]
+    for (ids, type_ids, offsets), first in ((specials.before, window_starts),
+                                            (specials.after, window_starts + n_before + text_sizes)):
+        for i, (special_id, type_id, offset) in enumerate(zip(ids, type_ids, offsets)):
+            encoded.ids[first + i], encoded.type_ids[first + i], encoded.offsets[first + i] = special_id, type_id, offset
+    return encoded
+
+
 def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span]) -> Tuple[WordpieceBatch, numpy.ndarray]:
     """The spans' wordpieces, padded to the longest, and their character offsets: what
-    spacy-transformers' huggingface_tokenize gives, straight from the Rust tokenizer's encodings
-    (the tokenizer's __call__ spends more time building Python lists than tokenizing). The
-    encodings come unpadded, and are padded here in arrays: padding in the tokenizer costs it a
-    quarter more time, and twice as many Python objects for the offsets."""
+    spacy-transformers' huggingface_tokenize gives, from the Rust tokenizer's encodings (the
+    tokenizer's __call__ spends more time building Python lists than tokenizing): of each
+    distinct word once where the tokenizer encodes word by word (BERT's), else of the spans'
+    texts. The encodings come unpadded, and are padded here in arrays: padding in the tokenizer
+    costs it a quarter more time, and twice as many Python objects for the offsets."""
     tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.DO_NOT_TRUNCATE, None, 0,
                                          None, None)
-    encodings = tokenizer.backend_tokenizer.encode_batch(span_texts(spans), add_special_tokens=True)
-    sizes = numpy.fromiter(map(len, encodings), dtype="int64", count=len(encodings))
-    columns = numpy.arange(sizes.max())
+    backend = tokenizer.backend_tokenizer
+    specials = word_by_word(backend)
+    encoded = encode_by_word(backend, spans, specials) if specials else encode_windows(backend, spans)
+    columns = numpy.arange(encoded.sizes.max())
     # Each row's real wordpieces, in order: row-major assignment through this mask fills them in.
-    real = (columns < sizes[:, None]) if tokenizer.padding_side == "right" else (columns >= columns.size - sizes[:, None])
+    real = (columns < encoded.sizes[:, None]) if tokenizer.padding_side == "right" else (
+        columns >= columns.size - encoded.sizes[:, None])
 
-    def padded(values: Iterable[int], pad: int, per_wordpiece: int = 1) -> numpy.ndarray:
-        """VALUES, PER_WORDPIECE for each real wordpiece in order, in an array padded with PAD."""
-        array = numpy.full((*real.shape, per_wordpiece), pad, dtype="int64")
-        array[real] = numpy.fromiter(values, dtype="int64", count=sizes.sum() * per_wordpiece).reshape(-1, per_wordpiece)
-        return array if per_wordpiece > 1 else array[..., 0]
+    def padded(values: numpy.ndarray, pad: int) -> numpy.ndarray:
+        array = numpy.full((*real.shape, *values.shape[1:]), pad, dtype="int64")
+        array[real] = values
+        return array
 
-    input_ids = padded(chain.from_iterable(encoding.ids for encoding in encodings), tokenizer.pad_token_id)
+    input_ids = padded(encoded.ids, tokenizer.pad_token_id)
     wordpieces = WordpieceBatch(
         strings=wordpiece_strings(tokenizer, input_ids),
         input_ids=input_ids,
         attention_mask=real.astype("float32"),
         lengths=(input_ids != tokenizer.pad_token_id).sum(axis=1).tolist(),
-        token_type_ids=(padded(chain.from_iterable(encoding.type_ids for encoding in encodings),
-                               tokenizer.pad_token_type_id)
+        token_type_ids=(padded(encoded.type_ids, tokenizer.pad_token_type_id)
                         if "token_type_ids" in tokenizer.model_input_names else None),
     )
-    # From iterators: three times faster than numpy.array over lists of (start, end) tuples.
-    offsets = chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings))
-    return wordpieces, padded(offsets, 0, per_wordpiece=2)
+    return wordpieces, padded(encoded.offsets, 0)
 
 
 def array_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[FullTransformerBatch, Callable]:

@@ -244,6 +244,8 @@ def awkward_texts():
         " ".join(sentences),  # far longer than one 128-token window
         "Ünïcödé naïve café — “Angela Merkel” met 東京 officials ; 100,000.5 % fans !",
         "Microsoft's CEO didn't say",  # tokens that split inside words and wordpieces across tokens
+        "x[SEP]y and [CLS] (Hello), world!!! U.S.-based e-mail: bill@microsoft.com",  # special tokens in the text
+        "Seattle" * 20 + " \x00control\u200bzero-width\u00a0no-break",  # a word too long for WordPiece: [UNK]
         sentences[1] + " ",
     ]
 
@@ -285,18 +287,21 @@ def test_doc_texts_are_the_docs_texts():
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("with_type_ids", [False, True])
-def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, with_type_ids):
+@pytest.mark.parametrize("by_word", [True, False])
+def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, with_type_ids, by_word, monkeypatch):
+    import transformer_model
     from spacy_transformers.data_classes import WordpieceBatch
     from spacy_transformers.layers.transformer_model import huggingface_tokenize
-    from transformer_model import tokenize
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer, padding_side=padding_side)
     if with_type_ids:  # DistilBERT takes none: ask for them, as a BERT tokenizer does
         tokenizer.model_input_names = [*tokenizer.model_input_names, "token_type_ids"]
+    if not by_word:  # the spans' texts whole, as for a tokenizer that is not BERT's
+        monkeypatch.setattr(transformer_model, "word_by_word", lambda backend: None)
     blank = spacy.blank("en")
     spans = [blank(text)[:] for text in awkward_texts() if text.strip()]  # windows of many lengths
-    ours, offsets = tokenize(tokenizer, spans)
+    ours, offsets = transformer_model.tokenize(tokenizer, spans)
     encoding = huggingface_tokenize(tokenizer, [span.text for span in spans])
     theirs = WordpieceBatch.from_batch_encoding(encoding)
     assert ours.strings == theirs.strings and ours.lengths == theirs.lengths
@@ -306,6 +311,57 @@ def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, w
         assert (a is None) == (b is None) == (name == "token_type_ids" and not with_type_ids), name
         assert a is None or (numpy.array_equal(a, b) and a.dtype == b.dtype), name
     assert numpy.array_equal(offsets, encoding["offset_mapping"])
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, lowercase, monkeypatch):
+    import transformer_model
+    from spacy_transformers.span_getters import configure_strided_spans
+    from transformers import AutoTokenizer
+
+    # Uncased: lowercased and accents stripped, so that wordpiece offsets and characters differ.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_transformer, do_lower_case=lowercase)
+    backend = tokenizer.backend_tokenizer
+    assert backend.normalizer.lowercase == lowercase
+    encoded_words, encode_words = [], transformer_model.encode_words
+
+    def recording_encode_words(backend, words):
+        encoded_words.extend(words)
+        return encode_words(backend, words)
+
+    monkeypatch.setattr(transformer_model, "encode_words", recording_encode_words)
+    monkeypatch.setattr(transformer_model, "WORDS_PER_TEXT", 7)  # words cut into several texts
+    blank = spacy.blank("en")
+    docs = [blank(text) for text in awkward_texts() * 2]
+    # Short overlapping windows: some start or end inside a word ("did|n't").
+    spans = [span for doc_spans in configure_strided_spans(3, 2)(docs) for span in doc_spans]
+    specials = transformer_model.word_by_word(backend)
+    ours = transformer_model.encode_by_word(backend, spans, specials)
+    theirs = transformer_model.encode_windows(backend, spans)
+    for name in ("sizes", "ids", "type_ids", "offsets"):
+        assert numpy.array_equal(getattr(ours, name), getattr(theirs, name)), name
+    assert any(span.text.startswith("n't") for span in spans)
+    # Each distinct word once: far fewer than the windows' words.
+    assert len(encoded_words) == len(set(encoded_words)) < sum(len(span.text.split()) for span in spans) / 2
+    assert "didn't" in encoded_words and "Seattle" * 20 in encoded_words
+
+
+def test_only_tokenizers_that_encode_word_by_word_are_encoded_so(tiny_transformer):
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformer_model import word_by_word
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
+    specials = word_by_word(tokenizer.backend_tokenizer)
+    assert specials.before[0] == tokenizer.convert_tokens_to_ids(["[CLS]"])
+    assert specials.after[0] == tokenizer.convert_tokens_to_ids(["[SEP]"])
+    # GPT-2's byte-level words carry the space before them: a word's encoding depends on its place.
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert word_by_word(tokenizer.backend_tokenizer) is None
+    # An added token that takes in the spaces before it: its encoding depends on the word before.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
+    tokenizer.add_special_tokens({"additional_special_tokens": [AddedToken("<ent>", lstrip=True)]})
+    assert word_by_word(tokenizer.backend_tokenizer) is None
 
 
 def test_offset_alignment_maps_each_token_to_the_wordpieces_over_its_characters(nlp):
