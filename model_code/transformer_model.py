@@ -233,13 +233,15 @@ def doc_offsets(flat_spans: List[Span]) -> Dict[Doc, int]:
 
 @dataclass
 class WindowTokens:
-    """The tokens of a batch's windows. `tokens`: the ATTRS of every token of its Docs, end to end
-    in the order of `doc_offsets` (a token's position indexes them). Per window: its first token's
-    position, its number of tokens, its first character in its Doc and its number of characters.
-    Per token of each window in turn: its position and its window."""
+    """The tokens of a batch's windows, read once for the encoding and the alignment. Per token of
+    the batch's Docs, end to end in the order of `doc_offsets` (a token's position indexes them): its
+    ORTH, SPACY, IDX and LENGTH. Per window: its number of tokens, its first character in its Doc
+    and its number of characters. Per token of each window in turn: its position and its window."""
 
-    tokens: numpy.ndarray
-    first_position: numpy.ndarray
+    orth: numpy.ndarray
+    spacy: numpy.ndarray
+    idx: numpy.ndarray
+    length: numpy.ndarray
     n_tokens: numpy.ndarray
     first_char: numpy.ndarray
     n_chars: numpy.ndarray
@@ -247,34 +249,33 @@ class WindowTokens:
     window: numpy.ndarray
 
     @classmethod
-    def of(cls, flat_spans: List[Span], offsets: Dict[Doc, int], attrs: List[int]) -> "WindowTokens":
+    def of(cls, flat_spans: List[Span], offsets: Dict[Doc, int]) -> "WindowTokens":
         first_position, n_tokens, first_char, n_chars = numpy.array(
             [(offsets[span.doc] + span.start, len(span), span.start_char, span.end_char - span.start_char)
              for span in flat_spans], dtype="int64").T
+        tokens = numpy.concatenate([doc.to_array([ORTH, SPACY, IDX, LENGTH]) for doc in offsets])
+        spacy, idx, length = tokens[:, 1:].astype("int64").T
         return cls(
-            # ORTH hashes are uint64: viewed as int64 here, astype("uint64") gives them back.
-            tokens=numpy.concatenate([doc.to_array(attrs) for doc in offsets]).astype("int64", copy=False),
-            first_position=first_position, n_tokens=n_tokens, first_char=first_char, n_chars=n_chars,
+            orth=tokens[:, 0], spacy=spacy, idx=idx, length=length,
+            n_tokens=n_tokens, first_char=first_char, n_chars=n_chars,
             positions=expand_ranges(first_position, n_tokens),
             window=numpy.repeat(numpy.arange(len(flat_spans)), n_tokens),
         )
 
 
-def offset_alignment(flat_spans: List[Span], offsets: Dict[Doc, int], offset_mapping: numpy.ndarray) -> Ragged:
+def offset_alignment(windows: WindowTokens, offset_mapping: numpy.ndarray) -> Ragged:
     """For each token position, the flat indices (row * width + column) of the wordpieces whose
     characters it covers, sorted: spacy-transformers' get_alignment_via_offset_mapping, from arrays.
     A token covers its characters and the one after it, unless the next token starts there."""
     n_rows, width = offset_mapping.shape[:2]
-    windows = WindowTokens.of(flat_spans, offsets, [IDX, LENGTH])
-    tokens, positions, row, n_tokens, window_lengths = (
-        windows.tokens, windows.positions, windows.window, windows.n_tokens, windows.n_chars)
+    positions, row, window_lengths = windows.positions, windows.window, windows.n_chars
     # The windows' characters end to end, one apart, so that one sorted array holds all their tokens.
     char_base = numpy.concatenate([[0], numpy.cumsum(window_lengths + 1)[:-1]])
-    starts = tokens[positions, 0] - windows.first_char[row]
+    starts = windows.idx[positions] - windows.first_char[row]
     next_starts = numpy.append(starts[1:], 0)
-    last_of_window = numpy.cumsum(n_tokens) - 1
+    last_of_window = numpy.cumsum(windows.n_tokens) - 1
     next_starts[last_of_window] = window_lengths
-    ends = numpy.minimum(starts + tokens[positions, 1] + 1, next_starts) + char_base[row]
+    ends = numpy.minimum(starts + windows.length[positions] + 1, next_starts) + char_base[row]
     starts += char_base[row]
     # Each wordpiece's characters within its window (special tokens and padding have none), and
     # the tokens whose characters overlap them: a run of consecutive tokens.
@@ -287,10 +288,9 @@ def offset_alignment(flat_spans: List[Span], offsets: Dict[Doc, int], offset_map
     # In text order the (token, wordpiece) pairs come sorted, unless a tokenizer's offsets go back.
     if (pairs[1:] < pairs[:-1]).any():
         pairs = numpy.unique(pairs)
-    n_positions = sum(len(doc) for doc in offsets)
     return Ragged(
         (pairs % (n_rows * width)).astype("i"),
-        numpy.bincount(pairs // (n_rows * width), minlength=n_positions).astype("i"),
+        numpy.bincount(pairs // (n_rows * width), minlength=len(windows.idx)).astype("i"),
     )
 
 
@@ -447,21 +447,20 @@ def encode_words(backend: Tokenizer, words: List[str]) -> Tuple[numpy.ndarray, n
     return ids, offsets, numpy.bincount(word, minlength=len(words))
 
 
-def encode_by_word(backend: Tokenizer, spans: List[Span], specials: SpecialTokens) -> Encoded:
+def encode_by_word(backend: Tokenizer, spans: List[Span], windows: WindowTokens, specials: SpecialTokens) -> Encoded:
     """What encode_windows gives, for a tokenizer that encodes word by word (word_by_word): each
     distinct word of the batch is encoded once, and the windows are put together from its
     wordpieces, their offsets moved to the word's place in the window, between the special tokens.
     A word here is a run of spaCy tokens with no space between them ("didn't" is two tokens)."""
-    windows = WindowTokens.of(spans, doc_offsets(spans), [ORTH, SPACY, IDX])
-    tokens, positions = windows.tokens, windows.positions
+    positions = windows.positions
     # A word starts each window, and after each token followed by a space.
     starts_word = numpy.ones(len(positions), dtype=bool)
-    starts_word[1:] = tokens[positions[:-1], 1] != 0
+    starts_word[1:] = windows.spacy[positions[:-1]] != 0
     starts_word[numpy.cumsum(windows.n_tokens)[:-1]] = True
     word_first = numpy.flatnonzero(starts_word)
     word_tokens = numpy.diff(numpy.append(word_first, len(positions)))
     # Each word's text: a token's own text, one lookup per distinct token; joined where a word has several.
-    orths, text_index = numpy.unique(tokens[positions, 0].astype("uint64"), return_inverse=True)
+    orths, text_index = numpy.unique(windows.orth[positions], return_inverse=True)
     strings = spans[0].doc.vocab.strings
     texts = [strings[orth] for orth in orths.tolist()]
     word_text = text_index[word_first]
@@ -476,7 +475,7 @@ def encode_by_word(backend: Tokenizer, spans: List[Span], specials: SpecialToken
     word_pieces = pieces_of[word_distinct]
     pieces = expand_ranges((numpy.cumsum(pieces_of) - pieces_of)[word_distinct], word_pieces)
     word_window = windows.window[word_first]
-    word_char = tokens[positions[word_first], 2] - windows.first_char[word_window]
+    word_char = windows.idx[positions[word_first]] - windows.first_char[word_window]
     text_sizes = numpy.bincount(word_window, weights=word_pieces, minlength=len(spans)).astype("int64")
     n_before, n_after = len(specials.before[0]), len(specials.after[0])
     sizes = text_sizes + n_before + n_after
@@ -494,18 +493,19 @@ def encode_by_word(backend: Tokenizer, spans: List[Span], specials: SpecialToken
     return encoded
 
 
-def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span]) -> Tuple[WordpieceBatch, numpy.ndarray]:
+def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span],
+             windows: WindowTokens) -> Tuple[WordpieceBatch, numpy.ndarray]:
     """The spans' wordpieces, padded to the longest, and their character offsets: what
     spacy-transformers' huggingface_tokenize gives, from the Rust tokenizer's encodings (the
     tokenizer's __call__ spends more time building Python lists than tokenizing): of each
     distinct word once where the tokenizer encodes word by word (BERT's), else of the spans'
-    texts. The encodings come unpadded, and are padded here in arrays: padding in the tokenizer
+    texts (SPANS, whose tokens WINDOWS holds). The encodings come unpadded, and are padded here in arrays: padding in the tokenizer
     costs it a quarter more time, and twice as many Python objects for the offsets."""
     tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.DO_NOT_TRUNCATE, None, 0,
                                          None, None)
     backend = tokenizer.backend_tokenizer
     specials = word_by_word(backend)
-    encoded = encode_by_word(backend, spans, specials) if specials else encode_windows(backend, spans)
+    encoded = encode_by_word(backend, spans, windows, specials) if specials else encode_windows(backend, spans)
     columns = numpy.arange(encoded.sizes.max())
     # Each row's real wordpieces, in order: row-major assignment through this mask fills them in.
     real = (columns < encoded.sizes[:, None]) if tokenizer.padding_side == "right" else (
@@ -540,9 +540,10 @@ def array_forward(model: Model, docs: List[Doc], is_train: bool) -> Tuple[FullTr
             or any(len(s) == 0 for s in flat_spans)):
         return spacy_transformers_forward(model, docs, is_train)
     maybe_flush_pytorch_cache(chance=model.attrs.get("flush_cache_chance", 0))
-    wordpieces, offset_mapping = tokenize(tokenizer, flat_spans)
     offsets = doc_offsets(flat_spans)
-    align = offset_alignment(flat_spans, offsets, offset_mapping)
+    windows = WindowTokens.of(flat_spans, offsets)
+    wordpieces, offset_mapping = tokenize(tokenizer, flat_spans, windows)
+    align = offset_alignment(windows, offset_mapping)
     wordpieces, align = truncate_oversize_splits(wordpieces, align, tokenizer.model_max_length)
     model_output, backprop_tensors = model.layers[0](wordpieces, is_train)
     output = ArrayTransformerBatch(spans=nested_spans, wordpieces=wordpieces, model_output=model_output,

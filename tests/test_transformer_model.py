@@ -301,7 +301,8 @@ def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, w
         monkeypatch.setattr(transformer_model, "word_by_word", lambda backend: None)
     blank = spacy.blank("en")
     spans = [blank(text)[:] for text in awkward_texts() if text.strip()]  # windows of many lengths
-    ours, offsets = transformer_model.tokenize(tokenizer, spans)
+    windows = transformer_model.WindowTokens.of(spans, transformer_model.doc_offsets(spans))
+    ours, offsets = transformer_model.tokenize(tokenizer, spans, windows)
     encoding = huggingface_tokenize(tokenizer, [span.text for span in spans])
     theirs = WordpieceBatch.from_batch_encoding(encoding)
     assert ours.strings == theirs.strings and ours.lengths == theirs.lengths
@@ -336,7 +337,8 @@ def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, low
     # Short overlapping windows: some start or end inside a word ("did|n't").
     spans = [span for doc_spans in configure_strided_spans(3, 2)(docs) for span in doc_spans]
     specials = transformer_model.word_by_word(backend)
-    ours = transformer_model.encode_by_word(backend, spans, specials)
+    windows = transformer_model.WindowTokens.of(spans, transformer_model.doc_offsets(spans))
+    ours = transformer_model.encode_by_word(backend, spans, windows, specials)
     theirs = transformer_model.encode_windows(backend, spans)
     for name in ("sizes", "ids", "type_ids", "offsets"):
         assert numpy.array_equal(getattr(ours, name), getattr(theirs, name)), name
@@ -365,18 +367,19 @@ def test_only_tokenizers_that_encode_word_by_word_are_encoded_so(tiny_transforme
 
 
 def test_offset_alignment_maps_each_token_to_the_wordpieces_over_its_characters(nlp):
-    from transformer_model import doc_offsets, offset_alignment
+    from transformer_model import WindowTokens, doc_offsets, offset_alignment
 
     doc = spacy.blank("en")("ab cd")
     spans = [doc[0:2]]
     # [CLS] "a" "b" " cd" (covering the space and the next token) [SEP] padding
     offset_mapping = numpy.array([[[0, 0], [0, 1], [1, 2], [2, 5], [0, 0], [0, 0]]])
-    align = offset_alignment(spans, doc_offsets(spans), offset_mapping)
+    windows = WindowTokens.of(spans, doc_offsets(spans))
+    align = offset_alignment(windows, offset_mapping)
     # A token covers the character after it too: the space after "ab" takes " cd" into "ab".
     assert align.lengths.tolist() == [3, 1] and align.data.ravel().tolist() == [1, 2, 3, 3]
     # Offsets that go back (" cd" first): each token's wordpieces still come sorted, once each.
     backwards = numpy.array([[[0, 0], [2, 5], [0, 1], [1, 2], [0, 0], [0, 0]]])
-    align = offset_alignment(spans, doc_offsets(spans), backwards)
+    align = offset_alignment(windows, backwards)
     assert align.lengths.tolist() == [3, 1] and align.data.ravel().tolist() == [1, 2, 3, 1]
 
 
