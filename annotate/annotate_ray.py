@@ -22,9 +22,6 @@ import fnmatch
 import hashlib
 import json
 import re
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -35,11 +32,9 @@ import pyarrow.fs
 import pyarrow.parquet
 import typer
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, annotate_texts, json_line, lone_surrogate,
+from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, annotate_texts, json_line, lone_surrogate,
                         parse_jsonl_line)
-from project_util import SetupError, check_device, import_code_paths, one_line_errors, use_device
+from scripts.project_util import SetupError, check_device, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
 INPUT_SUFFIXES = (".jsonl", ".parquet")
@@ -200,6 +195,12 @@ class Annotator:
                 "annotated": len(rows), "malformed": len(malformed), "words": words}
 
 
+def worker_packages() -> Dict[str, List[str]]:
+    """A Ray runtime_env that ships the project's packages the workers import (annotate, scripts, and
+    the packaged code in model_code) to every node."""
+    return {"py_modules": [str(PROJECT_DIR / package) for package in ("annotate", "scripts", "model_code")]}
+
+
 def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: int, cpus_per_worker: float,
                gpus_per_worker: float, annotator_kwargs: Dict[str, Any], local_gpus: Optional[float] = None,
                annotator: type = Annotator) -> List[Dict[str, Any]]:
@@ -209,12 +210,7 @@ def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: i
     GPUs (None: those it detects). Returns a summary per file."""
     import ray
 
-    # The workers import annotation.py, project_util.py and the packaged code from one flat directory.
-    worker_code = tempfile.TemporaryDirectory(prefix="annotate-ray-code-")
-    for folder in ("annotate", "scripts", "model_code"):
-        for module in (PROJECT_DIR / folder).glob("*.py"):
-            shutil.copy(module, worker_code.name)
-    ray.init(address=address or None, include_dashboard=False, runtime_env={"working_dir": worker_code.name},
+    ray.init(address=address or None, include_dashboard=False, runtime_env=worker_packages(),
              log_to_driver=False, **({} if address else {"num_gpus": local_gpus}))
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     if gpus_per_worker > 0 and cluster_gpus < gpus_per_worker:
@@ -242,7 +238,6 @@ def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: i
         raise typer.Exit(1)
     finally:
         ray.shutdown()  # so that no message of Ray's comes after the summary
-        worker_code.cleanup()
 
 
 @app.command()

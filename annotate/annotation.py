@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 
-from long_texts import pipe_texts
+from model_code.long_texts import pipe_texts
 
 Entities = List[Dict[str, Any]]
 # Texts per nlp.pipe batch by default: on a GPU, bigger batches give the transformer fuller forward passes.

@@ -25,11 +25,9 @@ from spacy.language import Language
 from spacy.util import minibatch
 from tqdm import tqdm
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, Entities, annotate_texts, json_line,
+from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, Entities, annotate_texts, json_line,
                         parse_jsonl_line)
-from project_util import (SetupError, atomic_output, atomic_write_text, check_not_an_input, check_output_path,
+from scripts.project_util import (SetupError, atomic_output, atomic_write_text, check_not_an_input, check_output_path,
                           import_code_paths, load_pipeline, one_line_errors, terminate_as_interrupt, use_device)
 
 app = typer.Typer(add_completion=False)

@@ -28,10 +28,8 @@ from spacy.language import Language
 from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from benchmark_speed import component_seconds, machine_info
-from project_util import SetupError, atomic_write_text, import_code_paths, one_line_errors, replace_between_markers
+from benchmarks.benchmark_speed import component_seconds, machine_info
+from scripts.project_util import SetupError, atomic_write_text, import_code_paths, one_line_errors, replace_between_markers
 
 app = typer.Typer(add_completion=False)
 START, END = "<!-- overhead:start -->", "<!-- overhead:end -->"

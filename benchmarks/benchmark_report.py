@@ -3,15 +3,12 @@ BENCHMARKS.md, between its `results:start` and `results:end` markers: speed like
 and the HF pipeline at the same precision), accuracy, and training against the reference notebook's
 method trained in the same run. Earlier runs stay in benchmarks/results/ and in git history."""
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import typer
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from project_util import atomic_write_text, read_json, replace_between_markers
+from scripts.project_util import atomic_write_text, read_json, replace_between_markers
 
 app = typer.Typer(add_completion=False)
 START, END = "<!-- results:start -->", "<!-- results:end -->"

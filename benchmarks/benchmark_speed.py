@@ -21,7 +21,6 @@ head does not change the speed.
 import json
 import platform
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,9 +33,7 @@ import typer
 from spacy.language import Language
 from spacy.tokens import DocBin
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from project_util import (SetupError, atomic_write_text, cpu_has_native_bf16, import_code_paths, iob2_tags,
+from scripts.project_util import (SetupError, atomic_write_text, cpu_has_native_bf16, import_code_paths, iob2_tags,
                           one_line_errors, use_device)
 
 app = typer.Typer(add_completion=False)

@@ -3,16 +3,13 @@ every committed GPU run into BENCHMARKS.md, between its `gpu-results:start` and 
 markers: the GPU, training words/s, dev and test seqeval F1 after the short run, and inference
 words/s of ours and of the HF token-classification pipeline, both in fp16, side by side."""
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
 import typer
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from benchmark_report import fmt, ratio
-from project_util import atomic_write_text, read_json, replace_between_markers
+from benchmarks.benchmark_report import fmt, ratio
+from scripts.project_util import atomic_write_text, read_json, replace_between_markers
 
 app = typer.Typer(add_completion=False)
 START, END = "<!-- gpu-results:start -->", "<!-- gpu-results:end -->"

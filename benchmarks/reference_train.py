@@ -10,7 +10,6 @@ to a JSON file, and the trained model (with its tokenizer) to a directory, so th
 benchmark runs the HF pipeline on a model that predicts real entities.
 """
 import json
-import sys
 import tempfile
 import time
 from enum import Enum
@@ -22,10 +21,8 @@ import torch
 import typer
 from spacy.tokens import DocBin
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from project_util import atomic_write_text, iob2_tags
-from seqeval_scorer import seqeval_scores
+from scripts.project_util import atomic_write_text, iob2_tags
+from model_code.seqeval_scorer import seqeval_scores
 
 app = typer.Typer(add_completion=False)
 Sentence = Tuple[List[str], List[str]]  # words, IOB2 tags

@@ -2,16 +2,13 @@
 split with the pipeline's seqeval scorer, and write the test F1 curve against the training's wall
 time (from its train_log.jsonl), so the benchmark can say when ours passes the reference."""
 import json
-import sys
 from pathlib import Path
 
 import spacy
 import typer
 from spacy.training import Corpus
 
-# The shared helpers (scripts/) and the packaged code (model_code/), for this script run as a file.
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / folder) for folder in ("scripts", "model_code")]
-from project_util import atomic_write_text, import_code_paths
+from scripts.project_util import atomic_write_text, import_code_paths
 
 app = typer.Typer(add_completion=False)
 

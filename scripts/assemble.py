@@ -5,7 +5,7 @@ from pathlib import Path
 import spacy
 import typer
 
-from project_util import import_code_paths
+from scripts.project_util import import_code_paths
 
 app = typer.Typer(add_completion=False)
 

@@ -10,8 +10,8 @@ import typer
 from sklearn.isotonic import IsotonicRegression
 from spacy.training import Corpus
 
-from confidence_metrics import annotate, calibration_summary, entity_outcomes
-from project_util import atomic_write_text, import_code_paths, one_line_errors, use_device
+from scripts.confidence_metrics import annotate, calibration_summary, entity_outcomes
+from scripts.project_util import atomic_write_text, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
 

@@ -29,7 +29,7 @@ from spacy.training import biluo_tags_to_spans, iob_to_biluo
 from spacy.vocab import Vocab
 from wasabi import msg
 
-from project_util import SetupError, atomic_output, check_output_path, one_line_errors
+from scripts.project_util import SetupError, atomic_output, check_output_path, one_line_errors
 
 SPLIT_FILES = {
     "train": ("train.txt", "eng.train"),

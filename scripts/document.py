@@ -13,7 +13,7 @@ import typer
 from wasabi import MarkdownRenderer
 from weasel.cli.document import MARKER_END, MARKER_START, project_document
 
-from project_util import atomic_write_text
+from scripts.project_util import atomic_write_text
 
 app = typer.Typer(add_completion=False)
 START, END = MARKER_START.format(tag="WEASEL"), MARKER_END.format(tag="WEASEL")

@@ -13,9 +13,9 @@ from spacy.scorer import Scorer
 from spacy.training import Corpus, Example
 from wasabi import msg
 
-from confidence_metrics import annotate, confidence_report
-from eval_report import error_analysis, render_report
-from project_util import (SetupError, Switch, atomic_write_text, check_not_an_input, check_output_path,
+from scripts.confidence_metrics import annotate, confidence_report
+from scripts.eval_report import error_analysis, render_report
+from scripts.project_util import (SetupError, Switch, atomic_write_text, check_not_an_input, check_output_path,
                           import_code_paths, load_pipeline, one_line_errors, resolve_switch, use_device)
 
 app = typer.Typer(add_completion=False)

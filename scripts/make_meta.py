@@ -34,7 +34,7 @@ from spacy.cli.package import generate_readme
 from spacy.util import get_lang_class, load_config
 from transformers import AutoTokenizer
 
-from project_util import atomic_write_text, read_json
+from scripts.project_util import atomic_write_text, read_json
 
 app = typer.Typer(add_completion=False)
 CONLL = {

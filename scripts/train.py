@@ -17,8 +17,8 @@ from spacy import util
 from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train as spacy_train
 
-import training_log  # noqa: F401  (registers the training logger)
-from project_util import (Switch, atomic_write_text, check_transformer, import_code_paths, one_line_errors,
+from scripts import training_log  # noqa: F401  (registers the training logger)
+from scripts.project_util import (Switch, atomic_write_text, check_transformer, import_code_paths, one_line_errors,
                           resolve_switch, use_device)
 
 app = typer.Typer(add_completion=False)

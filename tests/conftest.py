@@ -12,7 +12,6 @@ from typing import List, Sequence, Tuple
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / folder) for folder in ("scripts", "model_code", "annotate", "benchmarks")]
 
 
 def pytest_configure(config):
@@ -148,9 +147,9 @@ def project(tmp_path_factory, tiny_transformer, conll_dir) -> Path:
 @pytest.fixture(scope="session")
 def nlp(project):
     """The release pipeline (with entity confidences), loaded in this process."""
-    import transformer_model  # noqa: F401  (registers the pipeline's functions)
-    import entity_confidence  # noqa: F401
-    import seqeval_scorer  # noqa: F401
+    from model_code import transformer_model  # noqa: F401  (registers the pipeline's functions)
+    from model_code import entity_confidence  # noqa: F401
+    from model_code import seqeval_scorer  # noqa: F401
     import spacy
 
     return spacy.load(project / "training" / "model-release")

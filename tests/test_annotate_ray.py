@@ -13,7 +13,7 @@ import pytest
 from conftest import CODE, make_sentence, run_checked
 from spacy.util import load_config
 
-from project_util import gpu_problem
+from scripts.project_util import gpu_problem
 
 # A component that kills its worker process on a text with KILL-ME, the first time only (a flag file
 # remembers), and a callback that lowers nlp.max_length so that a test record is "long" at 3,000
@@ -57,8 +57,9 @@ def ray_model(project, tmp_path_factory):
     components.write_text(TEST_COMPONENTS)
     model = root / "model"
     run_checked([sys.executable, "-c", f"""
-import sys; sys.path[:0] = ["model_code", {str(root)!r}]
-import transformer_model, entity_confidence, seqeval_scorer, test_components, spacy
+import sys; sys.path.append({str(root)!r})
+import test_components, spacy
+from model_code import transformer_model, entity_confidence, seqeval_scorer
 nlp = spacy.load("training/model-release")
 nlp.add_pipe("die_once", config={{"flag_path": {str(root / "died")!r}}})
 nlp.to_disk({str(model)!r})
@@ -71,7 +72,7 @@ nlp.to_disk({str(model)!r})
 
 def annotate_ray(project, input_path, output_dir, ray_model, *args, check=True):
     model, code, _ = ray_model
-    cmd = [sys.executable, "annotate/annotate_ray.py", str(input_path), str(output_dir), "--model", str(model),
+    cmd = [sys.executable, "-m", "annotate.annotate_ray", str(input_path), str(output_dir), "--model", str(model),
            "--code", code, "--workers", "2", *args]
     if check:
         result = run_checked(cmd, cwd=project)
@@ -84,7 +85,7 @@ def predict_entities(project, source: Path, ray_model, tmp_path):
     """predict's entities for the records of a JSONL file, by id."""
     model, code, _ = ray_model
     output = tmp_path / f"{source.stem}-predicted.jsonl"
-    run_checked([sys.executable, "annotate/predict.py", str(source), "--output", str(output), "--model", str(model),
+    run_checked([sys.executable, "-m", "annotate.predict", str(source), "--output", str(output), "--model", str(model),
                  "--code", code, "--on-error", "skip"], cwd=project)
     return {r["id"]: r["entities"] for r in map(json.loads, output.read_text().splitlines())}
 
@@ -244,7 +245,7 @@ def test_workers_share_a_gpu_by_fractions(tmp_path, monkeypatch):
     of 0.25 GPU (and 0.5 CPU) each run at the same time on it, each given the fraction asked."""
     import ray.cloudpickle
 
-    import annotate_ray
+    from annotate import annotate_ray
 
     monkeypatch.setattr(RecordingAnnotator, "barrier_dir", str(tmp_path))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
@@ -262,7 +263,7 @@ def test_workers_share_a_gpu_by_fractions(tmp_path, monkeypatch):
 def test_more_gpus_than_the_machine_has_is_a_one_line_error(capsys):
     import typer
 
-    import annotate_ray
+    from annotate import annotate_ray
 
     pending = [{"input": "in.jsonl", "output": "out.parquet"}]
     with pytest.raises(typer.Exit):

@@ -13,7 +13,7 @@ def run(project, script, *args):
 
 
 def predict(project, *args):
-    return run(project, "annotate/predict.py", *args)
+    return run(project, "-m", "annotate.predict", *args)
 
 
 def one_line_error(result, *fragments):
@@ -84,9 +84,9 @@ def test_unwritable_outputs_stop_before_the_first_record(project, jsonl, tmp_pat
              ("--html", "/proc/conll-test.html", "cannot write there")]
     for option, path, message in cases:
         one_line_error(predict(project, str(source), "--model", "training/model-release", option, path), option, message)
-    one_line_error(run(project, "scripts/evaluate.py", "training/model-release", "corpus/test.spacy", "--output",
+    one_line_error(run(project, "-m", "scripts.evaluate", "training/model-release", "corpus/test.spacy", "--output",
                        "/proc/conll-test.json", "--code", CODE), "--output", "cannot write there")
-    one_line_error(run(project, "scripts/convert.py", str(previous), "--conll-dir", "no-such-dir"), "is a file")
+    one_line_error(run(project, "-m", "scripts.convert", str(previous), "--conll-dir", "no-such-dir"), "is a file")
     assert previous.read_text() == "the previous output\n"
 
 
@@ -132,13 +132,13 @@ def test_evaluate_names_a_bad_corpus_file(project, tmp_path):
     for name, message in (("empty", "not a readable DocBin"), ("random", "not a readable DocBin"),
                           ("truncated", "not a readable DocBin"), ("nodocs", "holds no documents"),
                           ("noents", "no entity annotation")):
-        one_line_error(run(project, "scripts/evaluate.py", "training/model-release", str(tmp_path / f"{name}.spacy"),
+        one_line_error(run(project, "-m", "scripts.evaluate", "training/model-release", str(tmp_path / f"{name}.spacy"),
                            "--output", str(output), "--code", CODE), f"{name}.spacy", message)
     assert not output.exists()
 
 
 def test_convert_writes_all_splits_or_none(project, conll_dir, tmp_path, monkeypatch):
-    import convert
+    from scripts import convert
 
     output = tmp_path / "corpus"
     output.mkdir()
@@ -162,7 +162,7 @@ def test_convert_writes_all_splits_or_none(project, conll_dir, tmp_path, monkeyp
     monkeypatch.undo()
     convert.convert(output, conll_dir, n_sents=2)
     assert all((output / f"{split}.spacy").read_bytes()[:7] != b"earlier" for split in ("train", "dev", "test"))
-    result = run(project, "scripts/convert.py", str(tmp_path / "c2"), "--conll-dir", str(conll_dir), "--n-sents", "0")
+    result = run(project, "-m", "scripts.convert", str(tmp_path / "c2"), "--conll-dir", str(conll_dir), "--n-sents", "0")
     assert result.returncode == 2 and "--n-sents" in result.stderr
 
 
@@ -175,7 +175,7 @@ def test_sigterm_removes_the_temporary_output(project, tmp_path):
                               for i in range(20000)))
     output = tmp_path / "out.jsonl"
     output.write_text("earlier\n")
-    process = subprocess.Popen([sys.executable, "annotate/predict.py", str(source), "--model", "training/model-release",
+    process = subprocess.Popen([sys.executable, "-m", "annotate.predict", str(source), "--model", "training/model-release",
                                 "--output", str(output)], cwd=project, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(tmp_path.glob(".out.jsonl.*.tmp")) and time.time() < deadline:

@@ -5,14 +5,14 @@ import sys
 
 import pytest
 import spacy
-from conftest import CODE, ROOT, run_checked
+from conftest import CODE, run_checked
 
 TOKEN_OBJECTS = f"spacy-transformers (Token objects), spaCy {spacy.__version__}"
 FROM_ARRAYS = f"from arrays, spaCy {spacy.__version__}"
 
 
 def overhead_command(output, *options):
-    return [sys.executable, str(ROOT / "benchmarks/benchmark_overhead.py"), "training/model-release",
+    return [sys.executable, "-m", "benchmarks.benchmark_overhead", "training/model-release",
             "corpus/test.spacy", "--output", str(output), "--code", CODE, "--repetitions", "1", *options]
 
 
@@ -59,7 +59,7 @@ def test_a_baseline_python_that_cannot_run_it_is_a_one_line_error(project, tmp_p
 
 
 def test_agreement_needs_the_same_entities_and_measures_the_confidences():
-    from benchmark_overhead import agreement
+    from benchmarks.benchmark_overhead import agreement
 
     ours = [[(0, 4, "PER", 0.9)], []]
     # As the baseline Python's JSON gives them: lists, not tuples.

@@ -5,12 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CODE, ROOT, run_checked
+from conftest import CODE, run_checked
 
 
 def speed_command(backbone: Path, output: Path, *options: str) -> list:
     """bench-speed on the test project's release pipeline, with the tiny transformer as the HF side."""
-    return [sys.executable, str(ROOT / "benchmarks/benchmark_speed.py"), "training/model-release", "corpus/test.spacy",
+    return [sys.executable, "-m", "benchmarks.benchmark_speed", "training/model-release", "corpus/test.spacy",
             str(backbone), "--output", str(output), "--code", CODE, *options]
 
 

@@ -8,21 +8,21 @@ import spacy
 from conftest import CODE, ROOT, run_checked
 from spacy.training import Corpus
 
-from benchmark_report import first_checkpoint_above, last_checkpoint_within, passes_test_f1
+from benchmarks.benchmark_report import first_checkpoint_above, last_checkpoint_within, passes_test_f1
 
 
 def test_every_evaluation_is_kept_and_scored(project, tiny_transformer, nlp, tmp_path):
     output = tmp_path / "training"
     checkpoints = output / "checkpoints"
     (checkpoints / "step-99").mkdir(parents=True)  # left by an earlier training
-    run_checked([sys.executable, "scripts/train.py", "configs/ner_transformer.cfg", "--output", str(output),
+    run_checked([sys.executable, "-m", "scripts.train", "configs/ner_transformer.cfg", "--output", str(output),
                  "--code", CODE, "--train", str(project / "corpus/train.spacy"),
                  "--dev", str(project / "corpus/dev.spacy"), "--transformer", str(tiny_transformer),
                  "--max-steps", "6", "--eval-frequency", "3", "--learn-rate", "1e-3", "--warmup-steps", "1",
                  "--batch-size", "300", "--keep-checkpoints", str(checkpoints)], cwd=ROOT)
     assert sorted(path.name for path in checkpoints.iterdir()) == ["step-0", "step-3", "step-6"]
     curve_path = tmp_path / "test_curve.json"
-    run_checked([sys.executable, "benchmarks/score_checkpoints.py", str(checkpoints), str(project / "corpus/test.spacy"),
+    run_checked([sys.executable, "-m", "benchmarks.score_checkpoints", str(checkpoints), str(project / "corpus/test.spacy"),
                  "--train-log", str(output / "train_log.jsonl"), "--output", str(curve_path), "--code", CODE],
                 cwd=ROOT)
     curve = json.loads(curve_path.read_text())

@@ -7,8 +7,8 @@ from conftest import conll_text, two_column_text, write_conll_dir
 from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
-import convert
-from convert import ConllFormatError, read_conll_file
+from scripts import convert
+from scripts.convert import ConllFormatError, read_conll_file
 
 SHARED_CONLL = Path(__file__).resolve().parents[2] / "shared" / "data" / "conll2003"
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import CODE, ROOT, run_checked, run_in_clean_process
 from spacy.util import load_config
 
-from project_util import gpu_problem
+from scripts.project_util import gpu_problem
 
 GPU_PROBLEM = gpu_problem(0)
 pytestmark = [
@@ -32,14 +32,14 @@ def gpu_project(tmp_path_factory, tiny_transformer, conll_dir):
     confidences: what the GPU tests need, in seconds (the CPU-trained `project` fixture, a wheel
     included, takes minutes, and GPU time is scarce)."""
     project = tmp_path_factory.mktemp("gpu-project")
-    run_checked([sys.executable, "scripts/convert.py", str(project / "corpus"), "--conll-dir", str(conll_dir),
+    run_checked([sys.executable, "-m", "scripts.convert", str(project / "corpus"), "--conll-dir", str(conll_dir),
                  "--n-sents", "2"], cwd=ROOT)
-    run_checked([sys.executable, "scripts/train.py", "configs/ner_transformer.cfg", "--output",
+    run_checked([sys.executable, "-m", "scripts.train", "configs/ner_transformer.cfg", "--output",
                  str(project / "training"), "--code", CODE, "--gpu-id", GPU, "--train", str(project / "corpus/train.spacy"),
                  "--dev", str(project / "corpus/dev.spacy"), "--transformer", str(tiny_transformer),
                  "--max-steps", "60", "--eval-frequency", "20", "--learn-rate", "1e-3", "--warmup-steps", "5",
                  "--batch-size", "300"], cwd=ROOT)
-    run_checked([sys.executable, "scripts/assemble.py", str(project / "training/model-best"),
+    run_checked([sys.executable, "-m", "scripts.assemble", str(project / "training/model-best"),
                  str(project / "training/model-release"), "--code", CODE], cwd=ROOT)
     return project
 
@@ -59,7 +59,7 @@ def test_evaluate_on_gpu_scores_like_the_cpu(gpu_project, tmp_path):
     scores = {}
     for device in ("-1", GPU):
         output = tmp_path / f"test{device}.json"
-        run_checked([sys.executable, "scripts/evaluate.py", str(gpu_project / "training/model-release"),
+        run_checked([sys.executable, "-m", "scripts.evaluate", str(gpu_project / "training/model-release"),
                      str(gpu_project / "corpus/test.spacy"), "--output", str(output), "--code", CODE,
                      "--gpu-id", device], cwd=ROOT)
         scores[device] = json.loads(output.read_text())
@@ -104,7 +104,7 @@ def test_predict_on_gpu(gpu_project, tmp_path):
     outputs = {}
     for device in ("-1", GPU):
         outputs[device] = tmp_path / f"out{device}.jsonl"
-        run_checked([sys.executable, "annotate/predict.py", str(source), "--model",
+        run_checked([sys.executable, "-m", "annotate.predict", str(source), "--model",
                      str(gpu_project / "training/model-release"), "--code", CODE, "--output", str(outputs[device]),
                      "--gpu-id", device], cwd=ROOT)
     on_cpu, on_gpu = ([json.loads(line) for line in path.read_text().splitlines()] for path in outputs.values())

@@ -10,7 +10,7 @@ from typing import Tuple
 
 from conftest import CODE, make_sentence, run_checked
 
-from long_texts import annotate_long_text, pipe_texts
+from model_code.long_texts import annotate_long_text, pipe_texts
 
 MARKER = "Bill Gates visited Microsoft in Seattle on Monday ."
 MARKER_ENTITIES = [("Bill Gates", "PER"), ("Microsoft", "ORG"), ("Seattle", "LOC")]
@@ -116,7 +116,7 @@ def test_predict_annotates_a_record_over_the_limit_whole(project, nlp, tmp_path)
     source.write_text(json.dumps({"id": 1, "text": "Angela Merkel met Reuters in London ."}) + "\n"
                       + json.dumps({"id": 2, "text": text}) + "\n" + json.dumps({"id": 3, "text": MARKER}) + "\n")
     output = tmp_path / "out.jsonl"
-    run_checked([sys.executable, "annotate/predict.py", str(source), "--output", str(output), "--on-error", "skip",
+    run_checked([sys.executable, "-m", "annotate.predict", str(source), "--output", str(output), "--on-error", "skip",
                  "--model", "training/model-release", "--code", CODE], cwd=project)
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["id"] for r in records] == [1, 2, 3]

@@ -1,7 +1,7 @@
 """The model card's backbone: what was trained, found in the pipeline, never a default name."""
 import shutil
 
-from make_meta import local_model_card_license, trained_backbone
+from scripts.make_meta import local_model_card_license, trained_backbone
 
 
 def test_backbone_from_a_hub_name_in_the_config(project, tmp_path):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 
 def predict(project: Path, *args: str, input_text=None, check=True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "annotate/predict.py", *args, "--model", "training/model-release", "--code", CODE]
+    cmd = [sys.executable, "-m", "annotate.predict", *args, "--model", "training/model-release", "--code", CODE]
     if check:
         return run_checked(cmd, cwd=project, input_text=input_text)
     return subprocess.run(cmd, cwd=project, capture_output=True, text=True, input=input_text)
@@ -248,8 +248,9 @@ def fail_on_boom(doc):
 ''')
     model = tmp_path / "model"
     run_checked([sys.executable, "-c", f"""
-import sys; sys.path[:0] = ["model_code", {str(tmp_path)!r}]
-import transformer_model, entity_confidence, failing, seqeval_scorer, spacy
+import sys; sys.path.append({str(tmp_path)!r})
+import failing, spacy
+from model_code import transformer_model, entity_confidence, seqeval_scorer
 nlp = spacy.load("training/model-release")
 nlp.add_pipe("fail_on_boom")
 nlp.to_disk({str(model)!r})
@@ -260,7 +261,7 @@ nlp.to_disk({str(model)!r})
     for on_error, ids, returncode in (("skip", [1, 3, 4], 0), ("stop", [1], 1)):
         output = tmp_path / f"out-{on_error}.jsonl"
         result = subprocess.run(
-            [sys.executable, "annotate/predict.py", str(source), "--model", str(model), "--output", str(output),
+            [sys.executable, "-m", "annotate.predict", str(source), "--model", str(model), "--output", str(output),
              "--code", f"{CODE},{failing}", "--on-error", on_error], cwd=project, capture_output=True, text=True)
         assert result.returncode == returncode, result.stderr[-3000:]
         assert f"{source}:2: cannot annotate (RuntimeError: cannot handle boom)" in result.stderr
@@ -277,10 +278,10 @@ def run_under_umask(project, umask, command):
 def test_output_files_get_the_mode_of_the_umask(project, conll_dir, tmp_path):
     out = tmp_path / "out"
     for command in (
-        ["scripts/convert.py", str(out / "corpus"), "--conll-dir", str(conll_dir)],
-        ["scripts/evaluate.py", "training/model-release", "corpus/test.spacy", "--output", str(out / "test.json"),
+        ["-m", "scripts.convert", str(out / "corpus"), "--conll-dir", str(conll_dir)],
+        ["-m", "scripts.evaluate", "training/model-release", "corpus/test.spacy", "--output", str(out / "test.json"),
          "--table", str(out / "test.md"), "--code", CODE],
-        ["annotate/predict.py", "--text", "Bill Gates met Reuters .", "--model", "training/model-release",
+        ["-m", "annotate.predict", "--text", "Bill Gates met Reuters .", "--model", "training/model-release",
          "--code", CODE, "--output", str(out / "predictions.jsonl"), "--html", str(out / "predictions.html")],
     ):
         run_under_umask(project, 0o022, command)
@@ -291,6 +292,6 @@ def test_output_files_get_the_mode_of_the_umask(project, conll_dir, tmp_path):
     assert {path.name: path.stat().st_mode & 0o777 for path in written} == {path.name: 0o644 for path in written}
     # The mode follows the umask, whatever it is.
     private = tmp_path / "private.jsonl"
-    run_under_umask(project, 0o077, ["annotate/predict.py", "--text", "Bill Gates", "--model", "training/model-release",
+    run_under_umask(project, 0o077, ["-m", "annotate.predict", "--text", "Bill Gates", "--model", "training/model-release",
                                      "--code", CODE, "--output", str(private)])
     assert private.stat().st_mode & 0o777 == 0o600

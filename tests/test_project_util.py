@@ -1,6 +1,6 @@
 import pytest
 
-from project_util import atomic_output, atomic_write_text
+from scripts.project_util import atomic_output, atomic_write_text
 
 
 def test_atomic_write_replaces_the_file(tmp_path):

@@ -7,8 +7,8 @@ import torch
 
 from conftest import run_checked
 
-from project_util import iob2_tags
-from reference_train import encode, predict_tags, read_sentences, score, tag_names
+from scripts.project_util import iob2_tags
+from benchmarks.reference_train import encode, predict_tags, read_sentences, score, tag_names
 
 
 def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):
@@ -47,7 +47,7 @@ def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_tr
 
     corpus = project / "corpus"
     output, model_dir = tmp_path / "reference.json", tmp_path / "reference-model"
-    run_checked([sys.executable, "benchmarks/reference_train.py", str(corpus / "train.spacy"), str(corpus / "dev.spacy"),
+    run_checked([sys.executable, "-m", "benchmarks.reference_train", str(corpus / "train.spacy"), str(corpus / "dev.spacy"),
                  str(corpus / "test.spacy"), str(tiny_transformer), "--output", str(output),
                  "--model-dir", str(model_dir), "--epochs", "1", "--precision", "bf16"], cwd=project)
     result = json.loads(output.read_text())

@@ -8,8 +8,8 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 from spacy.util import registry
 
-import seqeval_scorer
-from seqeval_scorer import score_seqeval_ner
+from model_code import seqeval_scorer
+from model_code.seqeval_scorer import score_seqeval_ner
 
 LABELS = ["PER", "ORG", "LOC", "MISC"]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import CODE, ROOT
 
-import project_util
-from project_util import SetupError, gpu_problem, use_device
+from scripts import project_util
+from scripts.project_util import SetupError, gpu_problem, use_device
 
 CONFIG = str(ROOT / "configs" / "ner_transformer.cfg")
 
@@ -94,10 +94,10 @@ def test_every_step_that_takes_gpu_id_stops_in_one_line(script, tmp_path):
     data = tmp_path / "test.spacy"
     data.write_bytes(b"")
     args = {
-        "train": ["scripts/train.py", CONFIG, "--output", str(tmp_path / "out"), "--code", CODE],
-        "evaluate": ["scripts/evaluate.py", "no-such-model", str(data), "--output", str(tmp_path / "t.json")],
-        "predict": ["annotate/predict.py", "--text", "Bill Gates", "--model", "no-such-model"],
-        "benchmark_speed": ["benchmarks/benchmark_speed.py", "no-such-model", str(data), "no-such-backbone",
+        "train": ["-m", "scripts.train", CONFIG, "--output", str(tmp_path / "out"), "--code", CODE],
+        "evaluate": ["-m", "scripts.evaluate", "no-such-model", str(data), "--output", str(tmp_path / "t.json")],
+        "predict": ["-m", "annotate.predict", "--text", "Bill Gates", "--model", "no-such-model"],
+        "benchmark_speed": ["-m", "benchmarks.benchmark_speed", "no-such-model", str(data), "no-such-backbone",
                             "--output", str(tmp_path / "s.json")],
     }[script]
     result = run_script([*args, "--gpu-id", "0"])
@@ -112,7 +112,7 @@ def offline_env(tmp_path):
 
 def test_convert_with_the_hub_offline(tmp_path):
     output = tmp_path / "corpus"
-    result = run_script(["scripts/convert.py", str(output)], env=offline_env(tmp_path))
+    result = run_script(["-m", "scripts.convert", str(output)], env=offline_env(tmp_path))
     assert_one_line_error(result, "Cannot load the dataset eriktks/conll2003@refs/convert/parquet",
                           "the Hugging Face hub cannot be reached", "--vars.conll_dir")
     assert not output.exists()
@@ -121,7 +121,7 @@ def test_convert_with_the_hub_offline(tmp_path):
 @pytest.mark.parametrize("transformer", ["distilbert-base-cased", "no-such-dir/model"])
 def test_train_with_a_transformer_that_cannot_be_downloaded(transformer, tmp_path):
     output = tmp_path / "training"
-    result = run_script(["scripts/train.py", CONFIG, "--output", str(output), "--code", CODE,
+    result = run_script(["-m", "scripts.train", CONFIG, "--output", str(output), "--code", CODE,
                          "--transformer", transformer], env=offline_env(tmp_path))
     assert_one_line_error(result, f"Cannot load the transformer {transformer!r}", "no such local directory",
                           "the Hugging Face hub cannot be reached", "--vars.transformer")
@@ -131,6 +131,6 @@ def test_train_with_a_transformer_that_cannot_be_downloaded(transformer, tmp_pat
 def test_train_with_a_directory_that_is_not_a_model(tmp_path):
     not_a_model = tmp_path / "weights"
     not_a_model.mkdir()
-    result = run_script(["scripts/train.py", CONFIG, "--output", str(tmp_path / "training"), "--code", CODE,
+    result = run_script(["-m", "scripts.train", CONFIG, "--output", str(tmp_path / "training"), "--code", CODE,
                          "--transformer", str(not_a_model)])
     assert_one_line_error(result, f"Transformer directory {not_a_model} holds no config.json", "--vars.transformer")

@@ -75,7 +75,7 @@ def test_bf16_training_step_updates_the_transformer(project, nlp):
 
 
 def test_groups_by_length_cut_the_longest_rows_first():
-    from transformer_model import groups_by_length
+    from model_code.transformer_model import groups_by_length
 
     groups = groups_by_length([5, 9, 3, 9], max_padded=18)
     assert [list(group) for group in groups] == [[1, 3], [0, 2]]
@@ -86,7 +86,7 @@ def test_groups_by_length_cut_the_longest_rows_first():
 def record_group_sizes(monkeypatch, cutter: str) -> list:
     """Wrap transformer_model's CUTTER (groups_by_length or groups_by_fill) so that the sizes of
     the groups it cuts are recorded in the returned list."""
-    import transformer_model
+    from model_code import transformer_model
 
     cut = getattr(transformer_model, cutter)
     sizes = []
@@ -123,7 +123,7 @@ def test_inference_by_length_gives_the_one_batch_outputs(project, nlp, monkeypat
 
 
 def test_groups_by_fill_cut_where_a_row_is_much_shorter_than_its_groups_longest():
-    from transformer_model import groups_by_fill
+    from model_code.transformer_model import groups_by_fill
 
     groups = groups_by_fill([100, 30, 128, 90, 60, 5], fill=0.7)
     assert [list(group) for group in groups] == [[2, 0, 3], [4], [1], [5]]
@@ -132,7 +132,7 @@ def test_groups_by_fill_cut_where_a_row_is_much_shorter_than_its_groups_longest(
 
 def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, nlp, monkeypatch):
     import torch
-    import transformer_model
+    from model_code import transformer_model
     from transformers.utils import ModelOutput
 
     group_sizes = record_group_sizes(monkeypatch, "groups_by_fill")
@@ -179,7 +179,7 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
 def test_fused_adam_takes_thincs_adamw_step(project, nlp):
     import torch
     from thinc.api import Adam, RAdam
-    from transformer_model import uses_fused_adam
+    from model_code.transformer_model import uses_fused_adam
 
     transformer = spacy.load(project / "training" / "model-best").get_pipe("transformer").model
     shim = transformer.layers[0].shims[0]
@@ -278,7 +278,7 @@ def test_array_batches_equal_spacy_transformers_batches(project, nlp):
 
 
 def test_doc_texts_are_the_docs_texts():
-    from transformer_model import doc_texts
+    from model_code.transformer_model import doc_texts
 
     blank = spacy.blank("en")
     docs = [blank(text) for text in awkward_texts()]  # empty, whitespace, unicode, trailing spaces
@@ -289,7 +289,7 @@ def test_doc_texts_are_the_docs_texts():
 @pytest.mark.parametrize("with_type_ids", [False, True])
 @pytest.mark.parametrize("by_word", [True, False])
 def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, with_type_ids, by_word, monkeypatch):
-    import transformer_model
+    from model_code import transformer_model
     from spacy_transformers.data_classes import WordpieceBatch
     from spacy_transformers.layers.transformer_model import huggingface_tokenize
     from transformers import AutoTokenizer
@@ -316,7 +316,7 @@ def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, w
 
 @pytest.mark.parametrize("lowercase", [False, True])
 def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, lowercase, monkeypatch):
-    import transformer_model
+    from model_code import transformer_model
     from spacy_transformers.span_getters import configure_strided_spans
     from transformers import AutoTokenizer
 
@@ -350,7 +350,7 @@ def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, low
 
 def test_only_tokenizers_that_encode_word_by_word_are_encoded_so(tiny_transformer):
     from tokenizers import AddedToken, pre_tokenizers
-    from transformer_model import word_by_word
+    from model_code.transformer_model import word_by_word
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
@@ -367,7 +367,7 @@ def test_only_tokenizers_that_encode_word_by_word_are_encoded_so(tiny_transforme
 
 
 def test_offset_alignment_maps_each_token_to_the_wordpieces_over_its_characters(nlp):
-    from transformer_model import WindowTokens, doc_offsets, offset_alignment
+    from model_code.transformer_model import WindowTokens, doc_offsets, offset_alignment
 
     doc = spacy.blank("en")("ab cd")
     spans = [doc[0:2]]
@@ -411,7 +411,7 @@ def test_array_training_batches_give_spacy_transformers_gradients(project, nlp):
 
 
 def test_wordpiece_strings_are_the_tokenizers_and_follow_added_tokens(tiny_transformer):
-    from transformer_model import wordpiece_strings
+    from model_code.transformer_model import wordpiece_strings
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)

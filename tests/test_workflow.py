@@ -10,7 +10,7 @@ import yaml
 from conftest import ROOT, project_run_all, rendered_dom, run_in_clean_process
 from spacy.util import load_config
 
-from entity_confidence import Calibration
+from model_code.entity_confidence import Calibration
 
 
 def test_workflow_outputs(project):
