@@ -24,17 +24,18 @@ import json
 import re
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy
 import pyarrow
 import pyarrow.fs
 import pyarrow.parquet
 import typer
+from spacy.util import minibatch
 
-from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, annotate_texts, json_line, lone_surrogate,
-                        parse_jsonl_line)
-from scripts.project_util import SetupError, check_device, import_code_paths, one_line_errors, use_device
+from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, BadRecord, Record, annotate_texts, json_line,
+                                 lone_surrogate, read_jsonl)
+from scripts.project_util import SetupError, atomic_output, check_device, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)
 INPUT_SUFFIXES = (".jsonl", ".parquet")
@@ -43,7 +44,6 @@ ENTITY_TYPE = pyarrow.list_(pyarrow.struct([
     ("entity_group", pyarrow.string()), ("score", pyarrow.float64()), ("word", pyarrow.string()),
     ("start", pyarrow.int64()), ("end", pyarrow.int64()),
 ]))
-Record = Tuple[str, Dict[str, Any], Dict[str, int]]  # text, the other fields, {"line": n} or {"row": n}
 
 
 def resolve(uri: str) -> Tuple[pyarrow.fs.FileSystem, str]:
@@ -87,18 +87,11 @@ def jsonl_lines(stream: pyarrow.NativeFile, chunk_size: int = 1 << 20) -> Iterat
         yield rest
 
 
-def read_records(fs: pyarrow.fs.FileSystem, path: str, malformed: List[Dict[str, Any]]) -> Iterator[Record]:
-    """The file's records; the malformed ones are added to MALFORMED with their line or row."""
+def read_records(fs: pyarrow.fs.FileSystem, path: str) -> Iterator[Union[Record, BadRecord]]:
+    """The file's records, and the malformed ones with their line (JSONL) or row (Parquet)."""
     if path.endswith(".jsonl"):
         with fs.open_input_stream(path) as stream:
-            for line_no, raw in enumerate(jsonl_lines(stream), start=1):
-                if not raw.strip():
-                    continue
-                parsed, problem = parse_jsonl_line(raw)
-                if parsed:
-                    yield parsed[0], parsed[1], {"line": line_no}
-                else:
-                    malformed.append({"source": path, "line": line_no, "problem": problem})
+            yield from read_jsonl(jsonl_lines(stream), path)
         return
     with fs.open_input_file(path) as stream:
         row_no = 0
@@ -106,40 +99,25 @@ def read_records(fs: pyarrow.fs.FileSystem, path: str, malformed: List[Dict[str,
             for row in batch.to_pylist():
                 row_no += 1
                 text = row.pop("text", None)
-                if isinstance(text, str):
-                    yield text, row, {"row": row_no}
-                else:
-                    malformed.append({"source": path, "row": row_no, "problem": "no string field 'text'"})
+                yield (Record(text, row, path, {"row": row_no}) if isinstance(text, str)
+                       else BadRecord(path, {"row": row_no}, "no string field 'text'"))
 
 
-def batches(records: Iterator[Record], size: int) -> Iterator[List[Record]]:
-    batch: List[Record] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def write_atomically(fs: pyarrow.fs.FileSystem, path: str, write) -> None:
-    tmp_path = f"{path}.tmp-{time.time_ns()}"
-    with fs.open_output_stream(tmp_path) as stream:
-        write(stream)
-    fs.move(tmp_path, path)
+def write_bytes(fs: pyarrow.fs.FileSystem, path: str, content: bytes) -> None:
+    with atomic_output(path, "wb", filesystem=fs) as stream:
+        stream.write(content)
 
 
 def write_output(fs: pyarrow.fs.FileSystem, path: str, rows: List[Dict[str, Any]], output_format: str) -> None:
     if output_format == "jsonl":
-        lines = "".join(json_line(row) for row in rows).encode("utf-8")
-        write_atomically(fs, path, lambda stream: stream.write(lines))
+        write_bytes(fs, path, "".join(json_line(row) for row in rows).encode("utf-8"))
         return
     table = pyarrow.Table.from_pylist(rows) if rows else pyarrow.table({"entities": pyarrow.array([], ENTITY_TYPE)})
     if rows:
         table = table.set_column(table.schema.get_field_index("entities"), "entities",
                                  pyarrow.array([row["entities"] for row in rows], ENTITY_TYPE))
-    write_atomically(fs, path, lambda stream: pyarrow.parquet.write_table(table, stream))
+    with atomic_output(path, "wb", filesystem=fs) as stream:
+        pyarrow.parquet.write_table(table, stream)
 
 
 class Annotator:
@@ -168,26 +146,33 @@ class Annotator:
         failed: List[Dict[str, Any]] = []
         rows: List[Dict[str, Any]] = []
         records_read = words = 0
-        for batch in batches(read_records(fs, path, unreadable), self.batch_size):
+
+        def readable(items: Iterator[Union[Record, BadRecord]]) -> Iterator[Record]:
+            for item in items:
+                if isinstance(item, BadRecord):
+                    unreadable.append({"source": path, **item.place, "problem": item.problem})
+                else:
+                    yield item
+
+        for batch in minibatch(readable(read_records(fs, path)), size=self.batch_size):
             records_read += len(batch)
-            for (text, fields, location), entities in zip(batch, annotate_texts(self.nlp, [r[0] for r in batch],
-                                                                                self.batch_size)):
+            for record, entities in zip(batch, annotate_texts(self.nlp, [r.text for r in batch], self.batch_size)):
                 if isinstance(entities, AnnotationFailure):
-                    failed.append({"source": path, **location, "problem": f"cannot annotate ({entities})"})
-                elif self.output_format == "parquet" and (surrogate := lone_surrogate(fields)):
-                    failed.append({"source": path, **location, "problem": (
+                    failed.append({"source": path, **record.place, "problem": f"cannot annotate ({entities})"})
+                elif self.output_format == "parquet" and (surrogate := lone_surrogate(record.fields)):
+                    failed.append({"source": path, **record.place, "problem": (
                         f"a field holds a lone surrogate ({surrogate}), which Parquet's UTF-8 strings "
                         "cannot store; --format jsonl keeps it as a \\u escape")})
                 else:
-                    rows.append({**fields, "entities": entities})
-                    words += len(text.split())
+                    rows.append({**record.fields, "entities": entities})
+                    words += len(record.text.split())
         output_path = f"{self.output_dir}/{name}"
         # The side file first: once the output exists, its input is done.
         side_path = f"{output_path}.malformed.jsonl"
         malformed = unreadable + failed
         if malformed:
-            lines = "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in malformed).encode("utf-8")
-            write_atomically(self.output_fs, side_path, lambda stream: stream.write(lines))
+            write_bytes(self.output_fs, side_path,
+                        "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in malformed).encode("utf-8"))
         elif self.output_fs.get_file_info(side_path).type == pyarrow.fs.FileType.File:
             self.output_fs.delete_file(side_path)
         write_output(self.output_fs, output_path, rows, self.output_format)

@@ -1,5 +1,5 @@
-"""Records to entities, shared by predict.py and annotate_ray.py: one code path for every bulk
-annotation, so both read the same records and give the same entities, scores and offsets.
+"""Records to entities, shared by predict.py, annotate_ray.py and serve.py: one code path for every
+annotation, so all read the same records and give the same entities, scores and offsets.
 
 Each entity has the fields of the Hugging Face token-classification pipeline: `entity_group`,
 `score` (`ent._.confidence`, rounded to 4 digits), `word`, and `start`/`end` as
@@ -8,12 +8,13 @@ annotated whole, piece by piece (long_texts.py). A text that cannot be annotated
 cause, costs only itself: its batch is redone text by text and the failure is returned in its place.
 """
 import json
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 
 from model_code.long_texts import pipe_texts
+from scripts.project_util import first_line
 
 Entities = List[Dict[str, Any]]
 # Texts per nlp.pipe batch by default: on a GPU, bigger batches give the transformer fuller forward passes.
@@ -22,6 +23,38 @@ CPU_BATCH, GPU_BATCH = 32, 256
 
 class AnnotationFailure(str):
     """Why a text could not be annotated (in the place of its entities)."""
+
+
+def location(source: str, place: Dict[str, int]) -> str:
+    """Where a record is, for messages: `file:3` (a line), `file row 3` (a row), or the file."""
+    if "line" in place:
+        return f"{source}:{place['line']}"
+    return f"{source} row {place['row']}" if "row" in place else source
+
+
+class Record(NamedTuple):
+    """A text to annotate, the other fields of its input record, and where it came from."""
+
+    text: str
+    fields: Dict[str, Any]
+    source: str
+    place: Dict[str, int]  # {"line": n} in JSONL, {"row": n} in Parquet, {} for a whole file
+
+    @property
+    def location(self) -> str:
+        return location(self.source, self.place)
+
+
+class BadRecord(NamedTuple):
+    """A record that cannot be read, where it is, and why."""
+
+    source: str
+    place: Dict[str, int]
+    problem: str
+
+    @property
+    def location(self) -> str:
+        return location(self.source, self.place)
 
 
 def lone_surrogate(value: Any) -> Optional[str]:
@@ -64,6 +97,14 @@ def parse_jsonl_line(raw: bytes) -> Tuple[Optional[Tuple[str, Dict[str, Any]]], 
     return (text, record), ""
 
 
+def read_jsonl(lines: Iterable[bytes], source: str) -> Iterator[Union[Record, BadRecord]]:
+    """The records of JSONL lines; blank lines are skipped."""
+    for line_no, raw in enumerate(lines, start=1):
+        if raw.strip():
+            parsed, problem = parse_jsonl_line(raw)
+            yield Record(*parsed, source, {"line": line_no}) if parsed else BadRecord(source, {"line": line_no}, problem)
+
+
 def doc_entities(doc: Doc) -> Entities:
     has_confidence = Span.has_extension("confidence")
     entities = []
@@ -79,9 +120,14 @@ def doc_entities(doc: Doc) -> Entities:
     return entities
 
 
+def kept_entities(entities: Entities, min_score: float = 0.0, ignore_labels: Iterable[str] = ()) -> Entities:
+    """The entities scored at least MIN_SCORE (or without a score), of types not in IGNORE_LABELS."""
+    ignored = set(ignore_labels)
+    return [e for e in entities if e["entity_group"] not in ignored and (e["score"] is None or e["score"] >= min_score)]
+
+
 def failure(err: Exception) -> AnnotationFailure:
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return AnnotationFailure(f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__)
+    return AnnotationFailure(f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__)
 
 
 def annotate_texts(nlp: Language, texts: Sequence[str], batch_size: int = 32) -> List[Union[Entities, AnnotationFailure]]:

@@ -17,7 +17,7 @@ from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Deque, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import IO, Any, BinaryIO, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import typer
 from spacy import displacy
@@ -25,18 +25,15 @@ from spacy.language import Language
 from spacy.util import minibatch
 from tqdm import tqdm
 
-from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, Entities, annotate_texts, json_line,
-                        parse_jsonl_line)
+from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, BadRecord, Entities, Record,
+                                 annotate_texts, json_line, kept_entities, read_jsonl)
 from scripts.project_util import (SetupError, atomic_output, atomic_write_text, check_not_an_input, check_output_path,
-                          import_code_paths, load_pipeline, one_line_errors, terminate_as_interrupt, use_device)
+                                  import_code_paths, load_pipeline, one_line_errors, terminate_as_interrupt,
+                                  use_device)
 
 app = typer.Typer(add_completion=False)
-
-
-class Record(NamedTuple):
-    text: str
-    meta: Dict[str, Any]
-    location: str  # source and line, for the error messages
+Readings = Iterator[Union[Record, BadRecord]]
+JSONL_SUFFIXES, TEXT_SUFFIXES = (".jsonl", ".ndjson"), (".txt",)
 
 
 class SourceNotFound(ValueError):
@@ -57,73 +54,57 @@ class InputErrors:
         return self.stop_on_error
 
 
-def read_jsonl(lines: Iterable[bytes], source: str, errors: InputErrors) -> Iterator[Record]:
-    for line_no, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        parsed, problem = parse_jsonl_line(raw)
-        if parsed:
-            yield Record(parsed[0], parsed[1], f"{source}:{line_no}")
-        elif errors.report(f"{source}:{line_no}: {problem}"):
+def reported(readings: Readings, errors: InputErrors) -> Iterator[Record]:
+    """The records that could be read; each one that could not is reported, and stops the input
+    where errors stop the run."""
+    for reading in readings:
+        if isinstance(reading, Record):
+            yield reading
+        elif errors.report(f"{reading.location}: {reading.problem}"):
             return
 
 
-JSONL_SUFFIXES, TEXT_SUFFIXES = (".jsonl", ".ndjson"), (".txt",)
+def text_record(name: str, stream: BinaryIO) -> Union[Record, BadRecord]:
+    """The whole file is one document (a UTF-8 byte-order mark at its start is not part of it)."""
+    try:
+        return Record(stream.read().decode("utf-8-sig"), {"source": name}, name, {})
+    except UnicodeDecodeError as err:
+        return BadRecord(name, {}, f"not valid UTF-8 at byte {err.start}")
+    except OSError as err:
+        return BadRecord(name, {}, f"cannot read ({err.strerror or err})")
 
 
-def read_text_files(sources: Iterable[Tuple[str, BinaryIO]], errors: InputErrors) -> Iterator[Record]:
-    """One record per (name, binary file) pair: the whole file is one document (a UTF-8 byte-order
-    mark at its start is not part of it). A file that cannot be read is a bad record."""
-    for name, stream in sources:
-        try:
-            yield Record(stream.read().decode("utf-8-sig"), {"source": name}, name)
-        except UnicodeDecodeError as err:
-            if errors.report(f"{name}: not valid UTF-8 at byte {err.start}"):
-                return
-        except OSError as err:
-            if errors.report(f"{name}: cannot read ({err.strerror or err})"):
-                return
-
-
-def open_files(paths: Iterable[Path], errors: InputErrors) -> Iterator[Tuple[str, BinaryIO]]:
+def read_text_files(paths: Iterable[Path]) -> Readings:
     for path in paths:
         try:
             stream = path.open("rb")
         except OSError as err:
-            if errors.report(f"{path}: cannot read ({err.strerror or err})"):
-                return
+            yield BadRecord(str(path), {}, f"cannot read ({err.strerror or err})")
             continue
         with stream:
-            yield str(path), stream
+            yield text_record(str(path), stream)
 
 
-def read_jsonl_file(path: Path, errors: InputErrors) -> Iterator[Record]:
+def read_jsonl_file(path: Path) -> Readings:
     with path.open("rb") as lines:
-        yield from read_jsonl(lines, str(path), errors)
+        yield from read_jsonl(lines, str(path))
 
 
-def read_records(source: str, input_format: str, errors: InputErrors,
-                 stdin: BinaryIO) -> Tuple[Iterator[Record], Optional[int]]:
+def read_records(source: str, input_format: str, stdin: BinaryIO) -> Tuple[Readings, Optional[int]]:
     """The records to annotate and, where cheap to know, how many there are (for the progress bar)."""
     if source == "-":
-        if input_format == "text":
-            return read_text_files([("<stdin>", stdin)], errors), None
-        return read_jsonl(stdin, "<stdin>", errors), None
+        return (iter([text_record("<stdin>", stdin)]) if input_format == "text" else read_jsonl(stdin, "<stdin>")), None
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
-        return read_text_files(open_files(files, errors), errors), len(files)
+        return read_text_files(files), len(files)
     if not path.is_file():
         raise SourceNotFound(f"{path}: no such file or directory")
     if input_format == "jsonl" or (input_format == "auto" and path.suffix.lower() in JSONL_SUFFIXES):
         with path.open("rb") as f:
             total = sum(1 for line in f if line.strip())
-        return read_jsonl_file(path, errors), total
-    return read_text_files(open_files([path], errors), errors), 1
-
-
-def kept_entities(entities: Entities, min_score: float) -> Entities:
-    return [e for e in entities if e["score"] is None or e["score"] >= min_score]
+        return read_jsonl_file(path), total
+    return read_text_files([path]), 1
 
 
 worker_nlp: Optional[Language] = None
@@ -166,6 +147,64 @@ def annotated_batches(records: Iterator[Record], nlp: Language, model: str, code
             yield done, result.get()
 
 
+def check_options(source: Optional[str], text: Optional[str], input_format: str, on_error: str, gpu_id: int,
+                  n_process: int, min_score: float) -> None:
+    if on_error not in ("stop", "skip"):
+        raise typer.BadParameter("--on-error must be stop or skip")
+    if input_format not in ("auto", "text", "jsonl"):
+        raise typer.BadParameter("--format must be auto, text or jsonl")
+    if (text is None) == (source is None):
+        raise typer.BadParameter("give either SOURCE or --text")
+    if gpu_id >= 0 and n_process > 1:
+        raise typer.BadParameter("--n-process > 1 runs on the CPU only; use --gpu-id -1")
+    if math.isnan(min_score):
+        raise typer.BadParameter("--min-score must be a number from 0 to 1")
+
+
+def check_outputs_and_load(source: Optional[str], output: Optional[Path], html: Optional[Path], model: str,
+                           gpu_id: int, min_score: float) -> Language:
+    """Every output checked, and the model loaded, before the first record."""
+    inputs = {"SOURCE": Path(source) if source not in (None, "-") else None}
+    for option, path in (("--output", output), ("--html", html)):
+        if path:
+            check_not_an_input(path, inputs)
+            check_output_path(path, option)
+    if output and html:
+        check_not_an_input(html, {"--output": output})
+    use_device(gpu_id)
+    nlp = load_pipeline(model)
+    if min_score > 0 and "entity_confidence" not in nlp.pipe_names:
+        raise SetupError(f"--min-score {min_score}: the model {model} has no entity_confidence component, so its "
+                         "entities have no score to compare. Fix: use the release pipeline, or leave --min-score out.")
+    return nlp
+
+
+def write_records(annotated: Iterator[Tuple[Record, Union[Entities, AnnotationFailure]]], out: IO, errors: InputErrors,
+                  progress: tqdm, min_score: float, include_text: bool,
+                  html_docs: Optional[List[Dict[str, Any]]], html_limit: int) -> int:
+    """Write each annotated record as a JSON line (and the first HTML_LIMIT into HTML_DOCS); report the
+    records that could not be annotated. Returns how many were written."""
+    written = 0
+    warned_entities_field = False
+    for record, entities in annotated:
+        progress.update(1)
+        if isinstance(entities, AnnotationFailure):
+            if errors.report(f"{record.location}: cannot annotate ({entities})"):
+                break
+            continue
+        if "entities" in record.fields and not warned_entities_field:
+            typer.echo(f"Warning: {record.location}: the input's own 'entities' field is replaced by the "
+                       "annotation (the first such record; others are not reported).", err=True)
+            warned_entities_field = True
+        out.write(json_line({**record.fields, **({"text": record.text} if include_text else {}),
+                             "entities": kept_entities(entities, min_score)}))
+        written += 1
+        if html_docs is not None and len(html_docs) < html_limit:
+            html_docs.append({"text": record.text, "ents": [
+                {"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities]})
+    return written
+
+
 @app.command()
 def main(
     source: Optional[str] = typer.Argument(None, help="Text file, directory of *.txt, JSONL file, or - for stdin"),
@@ -187,69 +226,28 @@ def main(
     include_text: bool = typer.Option(False, "--include-text", help="Copy the input text into each output line"),
 ):
     """Find the model's entities; write JSONL, one line per input record."""
-    if on_error not in ("stop", "skip"):
-        raise typer.BadParameter("--on-error must be stop or skip")
-    if input_format not in ("auto", "text", "jsonl"):
-        raise typer.BadParameter("--format must be auto, text or jsonl")
-    if (text is None) == (source is None):
-        raise typer.BadParameter("give either SOURCE or --text")
-    if gpu_id >= 0 and n_process > 1:
-        raise typer.BadParameter("--n-process > 1 runs on the CPU only; use --gpu-id -1")
-    if math.isnan(min_score):
-        raise typer.BadParameter("--min-score must be a number from 0 to 1")
+    check_options(source, text, input_format, on_error, gpu_id, n_process, min_score)
     batch_size = batch_size or (GPU_BATCH if gpu_id >= 0 else CPU_BATCH)
     import_code_paths(code_paths)
     with one_line_errors():
-        # Every output checked, and the model loaded, before the first record.
-        inputs = {"SOURCE": Path(source) if source not in (None, "-") else None}
-        for option, path in (("--output", output), ("--html", html)):
-            if path:
-                check_not_an_input(path, inputs)
-                check_output_path(path, option)
-        if output and html:
-            check_not_an_input(html, {"--output": output})
-        use_device(gpu_id)
-        nlp = load_pipeline(model)
-        if min_score > 0 and "entity_confidence" not in nlp.pipe_names:
-            raise SetupError(f"--min-score {min_score}: the model {model} has no entity_confidence component, so its "
-                             "entities have no score to compare. Fix: use the release pipeline, or leave --min-score out.")
+        nlp = check_outputs_and_load(source, output, html, model, gpu_id, min_score)
     errors = InputErrors(stop_on_error=on_error == "stop", messages=[])
     try:
-        records, total = (([Record(text, {}, "--text")], 1) if text is not None
-                          else read_records(source, input_format, errors, sys.stdin.buffer))
+        readings, total = (iter([Record(text, {}, "--text", {})]), 1) if text is not None \
+            else read_records(source, input_format, sys.stdin.buffer)
     except SourceNotFound as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1)
-    html_docs: List[Dict[str, Any]] = []
+    batches = annotated_batches(reported(readings, errors), nlp, model, code_paths, batch_size, n_process)
+    html_docs: Optional[List[Dict[str, Any]]] = [] if html else None
     written = 0
-    warned_entities_field = False
     try:
         # A file output is written to a temporary file and renamed at the end: a crash or a stop leaves an
         # earlier output as it was, and a stop on a bad record keeps the records done before it.
         with terminate_as_interrupt(), atomic_output(output) if output else nullcontext(sys.stdout) as out, \
                 tqdm(total=total, disable=source in (None, "-"), unit="doc", file=sys.stderr) as progress:
-            for batch, results in annotated_batches(iter(records), nlp, model, code_paths, batch_size, n_process):
-                stop = False
-                for record, entities in zip(batch, results):
-                    progress.update(1)
-                    if isinstance(entities, AnnotationFailure):
-                        stop = errors.report(f"{record.location}: cannot annotate ({entities})")
-                        if stop:
-                            break
-                        continue
-                    if "entities" in record.meta and not warned_entities_field:
-                        typer.echo(f"Warning: {record.location}: the input's own 'entities' field is replaced by the "
-                                   "annotation (the first such record; others are not reported).", err=True)
-                        warned_entities_field = True
-                    line = {**record.meta, **({"text": record.text} if include_text else {}),
-                            "entities": kept_entities(entities, min_score)}
-                    out.write(json_line(line))
-                    written += 1
-                    if html and len(html_docs) < html_limit:
-                        html_docs.append({"text": record.text, "ents": [
-                            {"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities]})
-                if stop:
-                    break
+            written = write_records((pair for batch, results in batches for pair in zip(batch, results)), out,
+                                    errors, progress, min_score, include_text, html_docs, html_limit)
     except KeyboardInterrupt:
         kept = f"; {output} is as it was before the run" if output else ""
         typer.echo(f"\nInterrupted after {written} annotated record(s){kept}.", err=True)

@@ -15,7 +15,7 @@ from wasabi import msg
 
 from scripts.confidence_metrics import annotate, confidence_report
 from scripts.eval_report import error_analysis, render_report
-from scripts.project_util import (SetupError, Switch, atomic_write_text, check_not_an_input, check_output_path,
+from scripts.project_util import (SetupError, Switch, atomic_write_text, check_not_an_input, check_output_path, first_line,
                           import_code_paths, load_pipeline, one_line_errors, resolve_switch, use_device)
 
 app = typer.Typer(add_completion=False)
@@ -45,7 +45,7 @@ def read_examples(data_path: Path, nlp: Language) -> List[Example]:
     try:
         examples = list(Corpus(data_path)(nlp))
     except Exception as err:  # srsly, zlib and msgpack each raise their own class for a damaged file
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = first_line(err)
         raise SetupError(f"{data_path}: not a readable DocBin file ({cause.split('. ')[0]}). Fix: give a .spacy file "
                          "written by convert (spacy project run convert).") from err
     if not examples:

@@ -1,18 +1,23 @@
 """Helpers that the workflow's scripts share. Not bundled into the model package."""
 import importlib.util
+import io
 import json
 import os
 import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional
+from typing import IO, TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import catalogue
 import spacy
 import typer
 from spacy.cli._util import import_code
+
+if TYPE_CHECKING:
+    import pyarrow.fs
 
 GPU_INSTALL = "pip install -r requirements-gpu.txt"
 
@@ -68,10 +73,23 @@ def current_umask() -> int:
     return umask
 
 
+def first_line(err: BaseException) -> str:
+    """The error's first line, or its class name where it has no message."""
+    message = str(err).strip()
+    return message.splitlines()[0] if message else type(err).__name__
+
+
 @contextmanager
-def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
+def atomic_output(path: Union[Path, str], mode: str = "w", filesystem: Optional["pyarrow.fs.FileSystem"] = None
+                  ) -> Iterator[IO]:
     """A temporary file beside PATH that replaces PATH when the block ends without an error:
-    PATH is never half-written, and an earlier PATH survives a failure."""
+    PATH is never half-written, an earlier PATH survives a failure, and the temporary file is
+    removed on any failure. PATH is local, or a path on FILESYSTEM (pyarrow.fs: S3, GCS, HDFS...)."""
+    if filesystem is not None:
+        with atomic_filesystem_output(filesystem, str(path), mode) as output:
+            yield output
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -82,6 +100,21 @@ def atomic_output(path: Path, mode: str = "w") -> Iterator[IO]:
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_filesystem_output(filesystem: "pyarrow.fs.FileSystem", path: str, mode: str) -> Iterator[IO]:
+    tmp_path = f"{path}.tmp-{os.getpid()}-{time.time_ns()}"
+    try:
+        with filesystem.open_output_stream(tmp_path) as stream:
+            yield stream if "b" in mode else io.TextIOWrapper(stream, encoding="utf-8", write_through=True)
+        filesystem.move(tmp_path, path)
+    except BaseException:
+        import pyarrow.fs
+
+        if filesystem.get_file_info(tmp_path).type != pyarrow.fs.FileType.NotFound:
+            filesystem.delete_file(tmp_path)
         raise
 
 
@@ -126,7 +159,7 @@ def gpu_problem(gpu_id: int) -> Optional[str]:
             # An elementwise kernel: CuPy compiles it, so this also proves that its CUDA libraries load.
             (cupy.arange(4, dtype="float32") * 2).sum().item()
     except Exception as err:  # CuPy raises a different class for each missing library or driver.
-        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        cause = first_line(err)
         return f"CuPy cannot run on GPU {gpu_id} ({cause}); its wheel must match torch's CUDA {torch.version.cuda}"
     return None
 
@@ -164,7 +197,7 @@ def check_transformer(name: str) -> None:
     except OSError as err:
         # transformers says "couldn't connect" both offline (HF_HUB_OFFLINE=1) and when the hub is unreachable.
         cause = ("the Hugging Face hub cannot be reached and no copy is cached" if "connect" in str(err)
-                 else str(err).strip().splitlines()[0])
+                 else first_line(err))
         raise SetupError(f"Cannot load the transformer {name!r}: no such local directory, and {cause}. {fix}") from err
 
 

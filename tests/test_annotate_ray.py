@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pyarrow
+import pyarrow.fs
 import pyarrow.parquet
 import pytest
 from conftest import CODE, make_sentence, run_checked
@@ -292,3 +293,24 @@ def test_a_lone_surrogate_costs_only_its_record(project, ray_model, tmp_path):
     assert annotate_ray(project, inputs, jsonl_out, ray_model, "--format", "jsonl")["annotated"] == 2
     rows = read_output(output_files(jsonl_out)[0])
     assert [row["id"] for row in rows] == [1, 2] and rows[1]["title"] == "bad \udc80" and rows[1]["entities"]
+
+
+def test_a_failing_write_leaves_the_earlier_output_and_no_temporary_file(tmp_path, monkeypatch):
+    """annotate_ray writes through pyarrow.fs (local here; S3 and the like alike): a write that fails
+    half-way keeps the earlier output as it was and removes its temporary file."""
+    from annotate import annotate_ray
+
+    fs = pyarrow.fs.LocalFileSystem()
+    output = tmp_path / "part-0.parquet"
+    output.write_bytes(b"the earlier output")
+
+    def write_half_then_fail(table, stream):
+        stream.write(b"PAR1 half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyarrow.parquet, "write_table", write_half_then_fail)
+    rows = [{"id": 1, "entities": [{"entity_group": "PER", "score": 0.9, "word": "Ada", "start": 0, "end": 3}]}]
+    with pytest.raises(OSError, match="No space left"):
+        annotate_ray.write_output(fs, str(output), rows, "parquet")
+    assert output.read_bytes() == b"the earlier output"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["part-0.parquet"]
