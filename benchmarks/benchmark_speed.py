@@ -71,8 +71,9 @@ def spacy_runner(model: str, precision: str, confidence: bool, array_alignment: 
     return run
 
 
-def hf_runner(backbone: str, tags: List[str], precision: str, gpu_id: int, batch_size: Optional[int]) -> Runner:
-    """The HF pipeline: a trained model with its own head, or a backbone with a new head of TAGS."""
+def hf_pipeline(backbone: str, tags: List[str], precision: str, gpu_id: int):
+    """The HF token-classification pipeline (aggregation_strategy="simple"): a trained model with its
+    own head, or a backbone with a new head of TAGS."""
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     trained = "O" in AutoConfig.from_pretrained(backbone).id2label.values()
@@ -84,8 +85,12 @@ def hf_runner(backbone: str, tags: List[str], precision: str, gpu_id: int, batch
         torch_dtype={"fp16": torch.float16, "bf16_weights": torch.bfloat16}.get(precision, torch.float32),
     )
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    ner = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple",
-                   device=gpu_id)
+    return pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple",
+                    device=gpu_id)
+
+
+def hf_runner(backbone: str, tags: List[str], precision: str, gpu_id: int, batch_size: Optional[int]) -> Runner:
+    ner = hf_pipeline(backbone, tags, precision, gpu_id)
 
     def run(texts: List[str]) -> int:
         with torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext():
