@@ -1,29 +1,8 @@
-"""A confidence in [0, 1] for every entity: `ent._.confidence`.
-
-The pipeline component "entity_confidence" runs after the NER. It keeps the NER's greedy
-entities and scores each one with the NER's own probability of it: the product of the
-probabilities of the actions that build the entity (B-, I-, L-, or U-) and of the actions on the
-`boundary` tokens on each side of it, which decide where it starts and where it ends. Each action's
-probability is the NER's softmax over all actions (the distribution the greedy NER was trained
-with, spaCy's `cpu_log_loss`) in the state its greedy analysis was in at that token. Those states
-are known from the entities, so every token of a batch is scored in one pass of the NER's step
-model, over the NER's own token vectors: those it computed when it ran on the Docs (kept per Doc
-until this component reads them or the Doc is freed), or, for a Doc the NER did not just annotate,
-computed anew from the transformer output stored on it. The confidences cost a fraction of the NER
-itself, in proportion to the text's length.
-(A beam over the NER's transitions, which this replaces, ranked right against wrong entities
-worse and cost twice the NER: BENCHMARKS.md.)
-
-The probability is then calibrated: `ent._.confidence` is a monotone map of it, fitted on the dev
-split (scripts/calibrate.py: isotonic regression of "the entity is right" on the probability), so
-that among entities with confidence about p, about a fraction p is right. The NER's own
-probability stays in `ent._.raw_confidence`. The map is stored with the component
-(calibration.json) and is strictly increasing, so it orders entities as the probability does.
-
-Switch it off with `spacy.load("en_conll_distilbert", exclude=["entity_confidence"])`;
-`ent._.confidence` is then None.
-
-Bundled into the packaged model with `spacy package --code`: it imports only installed libraries.
+"""The "entity_confidence" component: `ent._.confidence`, the probability that an entity is right.
+The NER's own probability of each greedy entity (its softmax over the actions that build the entity
+and those on the `boundary` tokens on each side, from the NER's step model over its token vectors)
+is kept in `ent._.raw_confidence` and mapped by an isotonic regression fitted on dev (calibrate.py,
+stored as calibration.json). Bundled into the model package: it imports only installed libraries.
 """
 import json
 from pathlib import Path

@@ -1,24 +1,8 @@
-"""Texts of any length: `nlp(text)` refuses a text over `nlp.max_length` characters (spaCy's E088,
-1,000,000 by default), because a Doc's memory grows with its length.
-
-`annotate_long_text(nlp, text)` annotates such a text piece by piece and returns one Doc of the whole
-text with the entities (and their `ent._.confidence`) found in the pieces. The whole text is
-tokenized once (the tokenizer has no length limit) and cut into pieces of whole tokens that overlap
-by `context_tokens`: the cut between two pieces is a token boundary outside every entity of the
-earlier piece, at least `context_tokens` before that piece's end, and the later piece starts at
-least `context_tokens` before the cut. So no entity is split at a cut, and every entity is predicted
-with that much text on both sides. Pieces also start on the grid of the transformer's strided
-windows, so each token is encoded in the very windows it gets in the whole text: the entities are
-those of the whole text annotated at once. Only one piece is annotated at a time: memory is bounded
-by `piece_tokens` (2,500 tokens, about 12,000 characters), not by the text's length.
-
-`pipe_texts(nlp, texts)` is `nlp.pipe` for texts of any length: texts up to `nlp.max_length` go
-through `nlp.pipe` unchanged, longer ones through `annotate_long_text`, in the input order.
-
-    from en_conll_distilbert.long_texts import annotate_long_text, pipe_texts
-    doc = annotate_long_text(nlp, book)
-
-Bundled into the packaged model with `spacy package --code`: it imports only installed libraries.
+"""Texts of any length: `annotate_long_text(nlp, text)` annotates a text over `nlp.max_length` piece
+by piece, in overlapping pieces of whole tokens cut outside every entity and on the transformer's
+window grid, so the entities are those of the whole text at once, with memory bounded by the piece;
+`pipe_texts(nlp, texts)` is `nlp.pipe` that sends the long ones there. Bundled into the model
+package: it imports only installed libraries.
 """
 from typing import Iterable, Iterator, List, Optional, Tuple
 

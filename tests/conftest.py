@@ -1,5 +1,6 @@
 """Offline fixtures: a tiny random DistilBERT with a WordPiece vocabulary trained on the fly,
 and small CoNLL-2003 samples written by the tests."""
+import importlib
 import json
 import os
 import random
@@ -103,7 +104,13 @@ def conll_dir(tmp_path_factory) -> Path:
 
 
 PROJECT_FILES = ["project.yml", "configs", "scripts", "model_code", "annotate", "benchmarks", "examples"]
-CODE = "model_code/seqeval_scorer.py,model_code/transformer_model.py,model_code/entity_confidence.py,model_code/long_texts.py"
+CODE = "model_code/seqeval_scorer.py,model_code/transformer_model.py,model_code/precision.py,model_code/length_groups.py,model_code/array_batches.py,model_code/wordpiece_encoding.py,model_code/fused_adam.py,model_code/entity_confidence.py,model_code/long_texts.py"
+
+
+def import_model_code() -> None:
+    """Import the packaged code (CODE) as the model_code package's modules: their registered functions."""
+    for path in CODE.split(","):
+        importlib.import_module(path.removesuffix(".py").replace("/", "."))
 
 
 def run_checked(cmd, cwd, env=None, input_text=None):
@@ -147,10 +154,9 @@ def project(tmp_path_factory, tiny_transformer, conll_dir) -> Path:
 @pytest.fixture(scope="session")
 def nlp(project):
     """The release pipeline (with entity confidences), loaded in this process."""
-    from model_code import transformer_model  # noqa: F401  (registers the pipeline's functions)
-    from model_code import entity_confidence  # noqa: F401
-    from model_code import seqeval_scorer  # noqa: F401
     import spacy
+
+    import_model_code()
 
     return spacy.load(project / "training" / "model-release")
 

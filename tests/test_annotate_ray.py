@@ -59,9 +59,9 @@ def ray_model(project, tmp_path_factory):
     model = root / "model"
     run_checked([sys.executable, "-c", f"""
 import sys; sys.path.append({str(root)!r})
-import test_components, spacy
-from model_code import transformer_model, entity_confidence, seqeval_scorer
-nlp = spacy.load("training/model-release")
+import test_components
+from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
+nlp = load_pipeline("training/model-release")
 nlp.add_pipe("die_once", config={{"flag_path": {str(root / "died")!r}}})
 nlp.to_disk({str(model)!r})
 """], cwd=project)

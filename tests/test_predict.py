@@ -249,9 +249,9 @@ def fail_on_boom(doc):
     model = tmp_path / "model"
     run_checked([sys.executable, "-c", f"""
 import sys; sys.path.append({str(tmp_path)!r})
-import failing, spacy
-from model_code import transformer_model, entity_confidence, seqeval_scorer
-nlp = spacy.load("training/model-release")
+import failing
+from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
+nlp = load_pipeline("training/model-release")
 nlp.add_pipe("fail_on_boom")
 nlp.to_disk({str(model)!r})
 """], cwd=project)

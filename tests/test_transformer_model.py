@@ -1,4 +1,6 @@
 import random
+import shutil
+from pathlib import Path
 
 import numpy
 import pytest
@@ -75,7 +77,7 @@ def test_bf16_training_step_updates_the_transformer(project, nlp):
 
 
 def test_groups_by_length_cut_the_longest_rows_first():
-    from model_code.transformer_model import groups_by_length
+    from model_code.length_groups import groups_by_length
 
     groups = groups_by_length([5, 9, 3, 9], max_padded=18)
     assert [list(group) for group in groups] == [[1, 3], [0, 2]]
@@ -84,11 +86,11 @@ def test_groups_by_length_cut_the_longest_rows_first():
 
 
 def record_group_sizes(monkeypatch, cutter: str) -> list:
-    """Wrap transformer_model's CUTTER (groups_by_length or groups_by_fill) so that the sizes of
+    """Wrap length_groups' CUTTER (groups_by_length or groups_by_fill) so that the sizes of
     the groups it cuts are recorded in the returned list."""
-    from model_code import transformer_model
+    from model_code import length_groups
 
-    cut = getattr(transformer_model, cutter)
+    cut = getattr(length_groups, cutter)
     sizes = []
 
     def recording_cut(*args):
@@ -96,7 +98,7 @@ def record_group_sizes(monkeypatch, cutter: str) -> list:
         sizes.extend(len(group) for group in groups)
         return groups
 
-    monkeypatch.setattr(transformer_model, cutter, recording_cut)
+    monkeypatch.setattr(length_groups, cutter, recording_cut)
     return sizes
 
 
@@ -123,7 +125,7 @@ def test_inference_by_length_gives_the_one_batch_outputs(project, nlp, monkeypat
 
 
 def test_groups_by_fill_cut_where_a_row_is_much_shorter_than_its_groups_longest():
-    from model_code.transformer_model import groups_by_fill
+    from model_code.length_groups import groups_by_fill
 
     groups = groups_by_fill([100, 30, 128, 90, 60, 5], fill=0.7)
     assert [list(group) for group in groups] == [[2, 0, 3], [4], [1], [5]]
@@ -132,7 +134,7 @@ def test_groups_by_fill_cut_where_a_row_is_much_shorter_than_its_groups_longest(
 
 def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, nlp, monkeypatch):
     import torch
-    from model_code import transformer_model
+    from model_code import length_groups, precision
     from transformers.utils import ModelOutput
 
     group_sizes = record_group_sizes(monkeypatch, "groups_by_fill")
@@ -154,7 +156,7 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
 
     def train_step(train_fill):
         hf_model.zero_grad(set_to_none=True)
-        forward = transformer_model.by_length(False, 0, train_fill)
+        forward = length_groups.by_length(precision.cpu_precision(False), 0, train_fill)
         output, backprop = forward(layer, wordpieces, True)
         d_output = ModelOutput()
         d_output["output_0"] = gradient
@@ -179,7 +181,7 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
 def test_fused_adam_takes_thincs_adamw_step(project, nlp):
     import torch
     from thinc.api import Adam, RAdam
-    from model_code.transformer_model import uses_fused_adam
+    from model_code.fused_adam import uses_fused_adam
 
     transformer = spacy.load(project / "training" / "model-best").get_pipe("transformer").model
     shim = transformer.layers[0].shims[0]
@@ -278,7 +280,7 @@ def test_array_batches_equal_spacy_transformers_batches(project, nlp):
 
 
 def test_doc_texts_are_the_docs_texts():
-    from model_code.transformer_model import doc_texts
+    from model_code.wordpiece_encoding import doc_texts
 
     blank = spacy.blank("en")
     docs = [blank(text) for text in awkward_texts()]  # empty, whitespace, unicode, trailing spaces
@@ -289,7 +291,7 @@ def test_doc_texts_are_the_docs_texts():
 @pytest.mark.parametrize("with_type_ids", [False, True])
 @pytest.mark.parametrize("by_word", [True, False])
 def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, with_type_ids, by_word, monkeypatch):
-    from model_code import transformer_model
+    from model_code import array_batches, wordpiece_encoding
     from spacy_transformers.data_classes import WordpieceBatch
     from spacy_transformers.layers.transformer_model import huggingface_tokenize
     from transformers import AutoTokenizer
@@ -298,11 +300,11 @@ def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, w
     if with_type_ids:  # DistilBERT takes none: ask for them, as a BERT tokenizer does
         tokenizer.model_input_names = [*tokenizer.model_input_names, "token_type_ids"]
     if not by_word:  # the spans' texts whole, as for a tokenizer that is not BERT's
-        monkeypatch.setattr(transformer_model, "word_by_word", lambda backend: None)
+        monkeypatch.setattr(wordpiece_encoding, "word_by_word", lambda backend: None)
     blank = spacy.blank("en")
     spans = [blank(text)[:] for text in awkward_texts() if text.strip()]  # windows of many lengths
-    windows = transformer_model.WindowTokens.of(spans, transformer_model.doc_offsets(spans))
-    ours, offsets = transformer_model.tokenize(tokenizer, spans, windows)
+    windows = array_batches.WindowTokens.of(spans, array_batches.doc_offsets(spans))
+    ours, offsets = wordpiece_encoding.tokenize(tokenizer, spans, windows)
     encoding = huggingface_tokenize(tokenizer, [span.text for span in spans])
     theirs = WordpieceBatch.from_batch_encoding(encoding)
     assert ours.strings == theirs.strings and ours.lengths == theirs.lengths
@@ -316,7 +318,7 @@ def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, w
 
 @pytest.mark.parametrize("lowercase", [False, True])
 def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, lowercase, monkeypatch):
-    from model_code import transformer_model
+    from model_code import array_batches, wordpiece_encoding
     from spacy_transformers.span_getters import configure_strided_spans
     from transformers import AutoTokenizer
 
@@ -324,22 +326,22 @@ def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, low
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer, do_lower_case=lowercase)
     backend = tokenizer.backend_tokenizer
     assert backend.normalizer.lowercase == lowercase
-    encoded_words, encode_words = [], transformer_model.encode_words
+    encoded_words, encode_words = [], wordpiece_encoding.encode_words
 
     def recording_encode_words(backend, words):
         encoded_words.extend(words)
         return encode_words(backend, words)
 
-    monkeypatch.setattr(transformer_model, "encode_words", recording_encode_words)
-    monkeypatch.setattr(transformer_model, "WORDS_PER_TEXT", 7)  # words cut into several texts
+    monkeypatch.setattr(wordpiece_encoding, "encode_words", recording_encode_words)
+    monkeypatch.setattr(wordpiece_encoding, "WORDS_PER_TEXT", 7)  # words cut into several texts
     blank = spacy.blank("en")
     docs = [blank(text) for text in awkward_texts() * 2]
     # Short overlapping windows: some start or end inside a word ("did|n't").
     spans = [span for doc_spans in configure_strided_spans(3, 2)(docs) for span in doc_spans]
-    specials = transformer_model.word_by_word(backend)
-    windows = transformer_model.WindowTokens.of(spans, transformer_model.doc_offsets(spans))
-    ours = transformer_model.encode_by_word(backend, spans, windows, specials)
-    theirs = transformer_model.encode_windows(backend, spans)
+    specials = wordpiece_encoding.word_by_word(backend)
+    windows = array_batches.WindowTokens.of(spans, array_batches.doc_offsets(spans))
+    ours = wordpiece_encoding.encode_by_word(backend, spans, windows, specials)
+    theirs = wordpiece_encoding.encode_windows(backend, spans)
     for name in ("sizes", "ids", "type_ids", "offsets"):
         assert numpy.array_equal(getattr(ours, name), getattr(theirs, name)), name
     assert any(span.text.startswith("n't") for span in spans)
@@ -350,7 +352,7 @@ def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, low
 
 def test_only_tokenizers_that_encode_word_by_word_are_encoded_so(tiny_transformer):
     from tokenizers import AddedToken, pre_tokenizers
-    from model_code.transformer_model import word_by_word
+    from model_code.wordpiece_encoding import word_by_word
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
@@ -367,7 +369,7 @@ def test_only_tokenizers_that_encode_word_by_word_are_encoded_so(tiny_transforme
 
 
 def test_offset_alignment_maps_each_token_to_the_wordpieces_over_its_characters(nlp):
-    from model_code.transformer_model import WindowTokens, doc_offsets, offset_alignment
+    from model_code.array_batches import WindowTokens, doc_offsets, offset_alignment
 
     doc = spacy.blank("en")("ab cd")
     spans = [doc[0:2]]
@@ -411,7 +413,7 @@ def test_array_training_batches_give_spacy_transformers_gradients(project, nlp):
 
 
 def test_wordpiece_strings_are_the_tokenizers_and_follow_added_tokens(tiny_transformer):
-    from model_code.transformer_model import wordpiece_strings
+    from model_code.wordpiece_encoding import wordpiece_strings
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
@@ -422,3 +424,16 @@ def test_wordpiece_strings_are_the_tokenizers_and_follow_added_tokens(tiny_trans
     input_ids = numpy.array([tokenizer("Zyxwvut visited")["input_ids"]])
     strings = wordpiece_strings(tokenizer, input_ids)
     assert strings == [tokenizer.convert_ids_to_tokens(input_ids[0])] and "Zyxwvut" in strings[0]
+
+
+def test_a_pipeline_saved_before_the_split_by_concern_still_loads(project, nlp, tiny_transformer, tmp_path):
+    """tests/fixtures holds the config.cfg of the test pipeline as saved at main before transformer_model.py
+    was split into a module per concern: with it, the release pipeline loads and finds the same entities."""
+    saved = tmp_path / "model"
+    shutil.copytree(project / "training" / "model-release", saved)
+    config = (Path(__file__).parent / "fixtures" / "config-saved-before-the-split.cfg").read_text()
+    (saved / "config.cfg").write_text(config.replace("TINY_TRANSFORMER", str(tiny_transformer)))
+    text = "Bill Gates visited Microsoft in Seattle on Monday . Angela Merkel met Reuters in London ."
+    before = spacy.load(saved)
+    assert [(e.text, e.label_, e._.confidence) for e in before(text).ents] == \
+           [(e.text, e.label_, e._.confidence) for e in nlp(text).ents]
