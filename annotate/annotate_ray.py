@@ -33,8 +33,17 @@ import pyarrow.parquet
 import typer
 from spacy.util import minibatch
 
-from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, BadRecord, Record, annotate_texts, json_line,
-                                 lone_surrogate, read_jsonl)
+from annotate.annotation import (
+    CPU_BATCH,
+    GPU_BATCH,
+    AnnotationFailure,
+    BadRecord,
+    Record,
+    annotate_texts,
+    json_line,
+    lone_surrogate,
+    read_jsonl,
+)
 from scripts.project_util import SetupError, atomic_output, check_device, import_code_paths, one_line_errors, use_device
 
 app = typer.Typer(add_completion=False)

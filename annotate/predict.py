@@ -25,11 +25,30 @@ from spacy.language import Language
 from spacy.util import minibatch
 from tqdm import tqdm
 
-from annotate.annotation import (CPU_BATCH, GPU_BATCH, AnnotationFailure, BadRecord, Entities, Record,
-                                 annotate_texts, json_line, kept_entities, read_jsonl)
-from scripts.project_util import (SetupError, atomic_output, atomic_write_text, check_not_an_input, check_output_path,
-                                  import_code_paths, load_pipeline, one_line_errors, terminate_as_interrupt,
-                                  use_device)
+from annotate.annotation import (
+    CPU_BATCH,
+    GPU_BATCH,
+    AnnotationFailure,
+    BadRecord,
+    Entities,
+    Record,
+    annotate_texts,
+    json_line,
+    kept_entities,
+    read_jsonl,
+)
+from scripts.project_util import (
+    SetupError,
+    atomic_output,
+    atomic_write_text,
+    check_not_an_input,
+    check_output_path,
+    import_code_paths,
+    load_pipeline,
+    one_line_errors,
+    terminate_as_interrupt,
+    use_device,
+)
 
 app = typer.Typer(add_completion=False)
 Readings = Iterator[Union[Record, BadRecord]]

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from spacy import displacy
+from spacy.displacy.templates import TPL_ENT
 
 from annotate.annotation import AnnotationFailure, annotate_texts, kept_entities, lone_surrogate
 from scripts.project_util import import_code_paths, load_pipeline, one_line_errors, use_device
@@ -348,13 +349,8 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
 
 
 # displaCy's entity markup with the entity's score after its label.
-ENTITY_TEMPLATE = """
-<mark class="entity" style="background: {bg}; padding: 0.45em 0.6em; margin: 0 0.25em; line-height: 1; border-radius: 0.35em;">
-    {text}
-    <span style="font-size: 0.8em; font-weight: bold; line-height: 1; border-radius: 0.35em; vertical-align: middle; margin-left: 0.5rem">{label}</span>
-    <span class="score" style="font-size: 0.7em; line-height: 1; vertical-align: middle; margin-left: 0.25rem">{score}</span>
-</mark>
-"""
+ENTITY_TEMPLATE = TPL_ENT.replace(
+    "{kb_link}", '<span class="score" style="font-size: 0.9em; font-weight: normal; margin-left: 0.25rem">{score}</span>')
 
 
 def render_entities(text: str, entities: List[Entity]) -> str:

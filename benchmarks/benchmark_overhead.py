@@ -29,7 +29,13 @@ from spacy.tokens import DocBin
 from spacy.vocab import Vocab
 
 from benchmarks.benchmark_speed import component_seconds, machine_info
-from scripts.project_util import SetupError, atomic_write_text, import_code_paths, one_line_errors, replace_between_markers
+from scripts.project_util import (
+    SetupError,
+    atomic_write_text,
+    import_code_paths,
+    one_line_errors,
+    replace_between_markers,
+)
 
 app = typer.Typer(add_completion=False)
 START, END = "<!-- overhead:start -->", "<!-- overhead:end -->"

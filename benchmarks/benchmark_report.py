@@ -74,7 +74,8 @@ def results_table(results: List[Dict[str, Any]]) -> str:
             + " | ".join(f"{per_type[label]['f']:.4f}" if label in per_type else "n/a" for label in labels)
             + f" | {r['dev_f1']:.4f} | {r['test_f1_fp32']:.4f} | {fmt(r['reference_test_f1'], '.4f')} "
             f"| {r['train_seconds']:.0f} | {fmt(r['reference_train_seconds'], '.0f')} "
-            f"| **{fmt(r['train_time_ratio'], '.2f')}** | {fmt(r['ours_passes_reference_dev_f1_seconds'], '.0f', ' s')} "
+            f"| **{fmt(r['train_time_ratio'], '.2f')}** "
+            f"| {fmt(r['ours_passes_reference_dev_f1_seconds'], '.0f', ' s')} "
             f"| {passes_test_f1(r)} |"
         )
     return "\n".join(["Speed, words/s (median of the repetitions):", "", *speed, "", "Accuracy and training:", "",

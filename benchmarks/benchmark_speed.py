@@ -23,8 +23,8 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import spacy
@@ -33,8 +33,15 @@ import typer
 from spacy.language import Language
 from spacy.tokens import DocBin
 
-from scripts.project_util import (SetupError, atomic_write_text, cpu_has_native_bf16, import_code_paths, iob2_tags,
-                          one_line_errors, use_device)
+from scripts.project_util import (
+    SetupError,
+    atomic_write_text,
+    cpu_has_native_bf16,
+    import_code_paths,
+    iob2_tags,
+    one_line_errors,
+    use_device,
+)
 
 app = typer.Typer(add_completion=False)
 Runner = Callable[[List[str]], int]

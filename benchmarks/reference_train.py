@@ -21,8 +21,8 @@ import torch
 import typer
 from spacy.tokens import DocBin
 
-from scripts.project_util import atomic_write_text, iob2_tags
 from model_code.seqeval_scorer import seqeval_scores
+from scripts.project_util import atomic_write_text, iob2_tags
 
 app = typer.Typer(add_completion=False)
 Sentence = Tuple[List[str], List[str]]  # words, IOB2 tags
@@ -108,8 +108,14 @@ def main(
                                         "bf16 autocast (`TrainingArguments(bf16=True)`), as a user tuning it for "
                                         "a CPU with AMX or AVX512-BF16 would run it"),
 ):
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     train, dev, test = (read_sentences(path) for path in (train_path, dev_path, test_path))

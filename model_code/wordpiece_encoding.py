@@ -197,8 +197,9 @@ def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span],
     spacy-transformers' huggingface_tokenize gives, from the Rust tokenizer's encodings (the
     tokenizer's __call__ spends more time building Python lists than tokenizing): of each
     distinct word once where the tokenizer encodes word by word (BERT's), else of the spans'
-    texts (SPANS, whose tokens WINDOWS holds). The encodings come unpadded, and are padded here in arrays: padding in the tokenizer
-    costs it a quarter more time, and twice as many Python objects for the offsets."""
+    texts (SPANS, whose tokens WINDOWS holds). The encodings come unpadded, and are padded here in
+    arrays: padding in the tokenizer costs it a quarter more time, and twice as many Python objects
+    for the offsets."""
     tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.DO_NOT_TRUNCATE, None, 0,
                                          None, None)
     backend = tokenizer.backend_tokenizer

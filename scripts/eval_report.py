@@ -193,7 +193,8 @@ def render_report(title: str, scores: Dict[str, Any], examples: List[Example], d
                         "" if a["precision"] is None else f"{a['precision']:.3f}"]
                        for r, a in zip(before["reliability"], after["reliability"])]
         sections.append(
-            f'<h2>Confidence calibration</h2><div class="chart" id="reliability-chart">{reliability_chart(confidence)}</div>'
+            '<h2>Confidence calibration</h2>'
+            f'<div class="chart" id="reliability-chart">{reliability_chart(confidence)}</div>'
             + table(["", "ECE", "Brier", "AUROC right vs wrong", "mean confidence", "precision"], rows)
             + table(["bin", "entities (before)", "mean confidence", "precision", "entities (after)", "mean confidence",
                      "precision"], reliability))

@@ -15,8 +15,19 @@ from wasabi import msg
 
 from scripts.confidence_metrics import annotate, confidence_report
 from scripts.eval_report import error_analysis, render_report
-from scripts.project_util import (SetupError, Switch, atomic_write_text, check_not_an_input, check_output_path, first_line,
-                          import_code_paths, load_pipeline, one_line_errors, resolve_switch, use_device)
+from scripts.project_util import (
+    SetupError,
+    Switch,
+    atomic_write_text,
+    check_not_an_input,
+    check_output_path,
+    first_line,
+    import_code_paths,
+    load_pipeline,
+    one_line_errors,
+    resolve_switch,
+    use_device,
+)
 
 app = typer.Typer(add_completion=False)
 

@@ -18,8 +18,15 @@ from spacy.cli._util import parse_config_overrides
 from spacy.cli.train import train as spacy_train
 
 from scripts import training_log  # noqa: F401  (registers the training logger)
-from scripts.project_util import (Switch, atomic_write_text, check_transformer, import_code_paths, one_line_errors,
-                          resolve_switch, use_device)
+from scripts.project_util import (
+    Switch,
+    atomic_write_text,
+    check_transformer,
+    import_code_paths,
+    one_line_errors,
+    resolve_switch,
+    use_device,
+)
 
 app = typer.Typer(add_completion=False)
 

@@ -104,7 +104,10 @@ def conll_dir(tmp_path_factory) -> Path:
 
 
 PROJECT_FILES = ["project.yml", "configs", "scripts", "model_code", "annotate", "benchmarks", "examples"]
-CODE = "model_code/seqeval_scorer.py,model_code/transformer_model.py,model_code/precision.py,model_code/length_groups.py,model_code/array_batches.py,model_code/wordpiece_encoding.py,model_code/fused_adam.py,model_code/entity_confidence.py,model_code/long_texts.py"
+# project.yml's vars.code: the packaged code.
+CODE = ",".join(f"model_code/{name}.py" for name in (
+    "seqeval_scorer", "transformer_model", "precision", "length_groups", "array_batches", "wordpiece_encoding",
+    "fused_adam", "entity_confidence", "long_texts"))
 
 
 def import_model_code() -> None:

@@ -3,11 +3,10 @@ offsets pointing into the original text, confidences kept; shorter texts exactly
 import json
 import random
 import sys
+from typing import Tuple
 
 import pytest
 import spacy
-from typing import Tuple
-
 from conftest import CODE, make_sentence, run_checked
 
 from model_code.long_texts import annotate_long_text, pipe_texts

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (PEOPLE, PLACES, copy_project, project_run_all, run_checked, run_in_clean_process,
-                      two_column_text)
+from conftest import PEOPLE, PLACES, copy_project, project_run_all, run_checked, run_in_clean_process, two_column_text
 
 LABELS = ["DATE", "GPE", "PERSON", "PRODUCT"]
 PRODUCTS = ["iPhone", "Windows 95", "Galaxy S9", "Model T Ford"]

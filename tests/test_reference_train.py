@@ -4,11 +4,10 @@ import json
 import sys
 
 import torch
-
 from conftest import run_checked
 
-from scripts.project_util import iob2_tags
 from benchmarks.reference_train import encode, predict_tags, read_sentences, score, tag_names
+from scripts.project_util import iob2_tags
 
 
 def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):

@@ -134,8 +134,9 @@ def test_groups_by_fill_cut_where_a_row_is_much_shorter_than_its_groups_longest(
 
 def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, nlp, monkeypatch):
     import torch
-    from model_code import length_groups, precision
     from transformers.utils import ModelOutput
+
+    from model_code import length_groups, precision
 
     group_sizes = record_group_sizes(monkeypatch, "groups_by_fill")
     model = spacy.load(project / "training" / "model-best")
@@ -181,6 +182,7 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
 def test_fused_adam_takes_thincs_adamw_step(project, nlp):
     import torch
     from thinc.api import Adam, RAdam
+
     from model_code.fused_adam import uses_fused_adam
 
     transformer = spacy.load(project / "training" / "model-best").get_pipe("transformer").model
@@ -291,10 +293,11 @@ def test_doc_texts_are_the_docs_texts():
 @pytest.mark.parametrize("with_type_ids", [False, True])
 @pytest.mark.parametrize("by_word", [True, False])
 def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, with_type_ids, by_word, monkeypatch):
-    from model_code import array_batches, wordpiece_encoding
     from spacy_transformers.data_classes import WordpieceBatch
     from spacy_transformers.layers.transformer_model import huggingface_tokenize
     from transformers import AutoTokenizer
+
+    from model_code import array_batches, wordpiece_encoding
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer, padding_side=padding_side)
     if with_type_ids:  # DistilBERT takes none: ask for them, as a BERT tokenizer does
@@ -318,9 +321,10 @@ def test_tokenize_pads_as_huggingface_tokenize(tiny_transformer, padding_side, w
 
 @pytest.mark.parametrize("lowercase", [False, True])
 def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, lowercase, monkeypatch):
-    from model_code import array_batches, wordpiece_encoding
     from spacy_transformers.span_getters import configure_strided_spans
     from transformers import AutoTokenizer
+
+    from model_code import array_batches, wordpiece_encoding
 
     # Uncased: lowercased and accents stripped, so that wordpiece offsets and characters differ.
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer, do_lower_case=lowercase)
@@ -352,8 +356,9 @@ def test_encoding_word_by_word_gives_the_windows_encodings(tiny_transformer, low
 
 def test_only_tokenizers_that_encode_word_by_word_are_encoded_so(tiny_transformer):
     from tokenizers import AddedToken, pre_tokenizers
-    from model_code.wordpiece_encoding import word_by_word
     from transformers import AutoTokenizer
+
+    from model_code.wordpiece_encoding import word_by_word
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
     specials = word_by_word(tokenizer.backend_tokenizer)
@@ -413,8 +418,9 @@ def test_array_training_batches_give_spacy_transformers_gradients(project, nlp):
 
 
 def test_wordpiece_strings_are_the_tokenizers_and_follow_added_tokens(tiny_transformer):
-    from model_code.wordpiece_encoding import wordpiece_strings
     from transformers import AutoTokenizer
+
+    from model_code.wordpiece_encoding import wordpiece_strings
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_transformer)
     input_ids = numpy.array(tokenizer(["Bill Gates visited Seattle", "Microsoft"], padding="longest")["input_ids"])
