@@ -18,6 +18,7 @@ Local paths, and anything `pyarrow.fs` opens (`s3://`, `gs://`, `hdfs://`), work
 `--address` a local Ray starts; with it the run joins that cluster, whose nodes must all reach the
 input, the output and the model (an installed package on every node, or a path on shared storage).
 """
+
 import fnmatch
 import hashlib
 import json
@@ -49,10 +50,17 @@ from scripts.project_util import SetupError, atomic_output, check_device, import
 app = typer.Typer(add_completion=False)
 INPUT_SUFFIXES = (".jsonl", ".parquet")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-ENTITY_TYPE = pyarrow.list_(pyarrow.struct([
-    ("entity_group", pyarrow.string()), ("score", pyarrow.float64()), ("word", pyarrow.string()),
-    ("start", pyarrow.int64()), ("end", pyarrow.int64()),
-]))
+ENTITY_TYPE = pyarrow.list_(
+    pyarrow.struct(
+        [
+            ("entity_group", pyarrow.string()),
+            ("score", pyarrow.float64()),
+            ("word", pyarrow.string()),
+            ("start", pyarrow.int64()),
+            ("end", pyarrow.int64()),
+        ]
+    )
+)
 
 
 def resolve(uri: str) -> Tuple[pyarrow.fs.FileSystem, str]:
@@ -73,8 +81,13 @@ def list_inputs(fs: pyarrow.fs.FileSystem, path: str) -> List[str]:
             raise SetupError(f"Input {path}: no such file or directory")
         pattern, path = path, path[: min(path.index(c) for c in "*?[" if c in path)].rsplit("/", 1)[0]
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
-    files = sorted(i.path for i in infos if i.type == pyarrow.fs.FileType.File and i.path.endswith(INPUT_SUFFIXES)
-                   and (pattern is None or fnmatch.fnmatch(i.path, pattern)))
+    files = sorted(
+        i.path
+        for i in infos
+        if i.type == pyarrow.fs.FileType.File
+        and i.path.endswith(INPUT_SUFFIXES)
+        and (pattern is None or fnmatch.fnmatch(i.path, pattern))
+    )
     if not files:
         raise SetupError(f"Input {pattern or path}: no .jsonl or .parquet files")
     return files
@@ -108,8 +121,11 @@ def read_records(fs: pyarrow.fs.FileSystem, path: str) -> Iterator[Union[Record,
             for row in batch.to_pylist():
                 row_no += 1
                 text = row.pop("text", None)
-                yield (Record(text, row, path, {"row": row_no}) if isinstance(text, str)
-                       else BadRecord(path, {"row": row_no}, "no string field 'text'"))
+                yield (
+                    Record(text, row, path, {"row": row_no})
+                    if isinstance(text, str)
+                    else BadRecord(path, {"row": row_no}, "no string field 'text'")
+                )
 
 
 def write_bytes(fs: pyarrow.fs.FileSystem, path: str, content: bytes) -> None:
@@ -123,8 +139,11 @@ def write_output(fs: pyarrow.fs.FileSystem, path: str, rows: List[Dict[str, Any]
         return
     table = pyarrow.Table.from_pylist(rows) if rows else pyarrow.table({"entities": pyarrow.array([], ENTITY_TYPE)})
     if rows:
-        table = table.set_column(table.schema.get_field_index("entities"), "entities",
-                                 pyarrow.array([row["entities"] for row in rows], ENTITY_TYPE))
+        table = table.set_column(
+            table.schema.get_field_index("entities"),
+            "entities",
+            pyarrow.array([row["entities"] for row in rows], ENTITY_TYPE),
+        )
     with atomic_output(path, "wb", filesystem=fs) as stream:
         pyarrow.parquet.write_table(table, stream)
 
@@ -132,8 +151,16 @@ def write_output(fs: pyarrow.fs.FileSystem, path: str, rows: List[Dict[str, Any]
 class Annotator:
     """A Ray actor: loads the model once, then annotates whole input files, one per call."""
 
-    def __init__(self, model: str, code_paths: str, use_gpu: bool, batch_size: int, output_dir: str,
-                 output_format: str, threads: int):
+    def __init__(
+        self,
+        model: str,
+        code_paths: str,
+        use_gpu: bool,
+        batch_size: int,
+        output_dir: str,
+        output_format: str,
+        threads: int,
+    ):
         import spacy
         import torch
 
@@ -169,9 +196,16 @@ class Annotator:
                 if isinstance(entities, AnnotationFailure):
                     failed.append({"source": path, **record.place, "problem": f"cannot annotate ({entities})"})
                 elif self.output_format == "parquet" and (surrogate := lone_surrogate(record.fields)):
-                    failed.append({"source": path, **record.place, "problem": (
-                        f"a field holds a lone surrogate ({surrogate}), which Parquet's UTF-8 strings "
-                        "cannot store; --format jsonl keeps it as a \\u escape")})
+                    failed.append(
+                        {
+                            "source": path,
+                            **record.place,
+                            "problem": (
+                                f"a field holds a lone surrogate ({surrogate}), which Parquet's UTF-8 strings "
+                                "cannot store; --format jsonl keeps it as a \\u escape"
+                            ),
+                        }
+                    )
                 else:
                     rows.append({**record.fields, "entities": entities})
                     words += len(record.text.split())
@@ -180,13 +214,22 @@ class Annotator:
         side_path = f"{output_path}.malformed.jsonl"
         malformed = unreadable + failed
         if malformed:
-            write_bytes(self.output_fs, side_path,
-                        "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in malformed).encode("utf-8"))
+            write_bytes(
+                self.output_fs,
+                side_path,
+                "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in malformed).encode("utf-8"),
+            )
         elif self.output_fs.get_file_info(side_path).type == pyarrow.fs.FileType.File:
             self.output_fs.delete_file(side_path)
         write_output(self.output_fs, output_path, rows, self.output_format)
-        return {"input": uri, "output": output_path, "records": records_read + len(unreadable),
-                "annotated": len(rows), "malformed": len(malformed), "words": words}
+        return {
+            "input": uri,
+            "output": output_path,
+            "records": records_read + len(unreadable),
+            "annotated": len(rows),
+            "malformed": len(malformed),
+            "words": words,
+        }
 
 
 def worker_packages() -> Dict[str, List[str]]:
@@ -195,34 +238,60 @@ def worker_packages() -> Dict[str, List[str]]:
     return {"py_modules": [str(PROJECT_DIR / package) for package in ("annotate", "scripts", "model_code")]}
 
 
-def run_on_ray(pending: List[Dict[str, str]], address: Optional[str], workers: int, cpus_per_worker: float,
-               gpus_per_worker: float, annotator_kwargs: Dict[str, Any], local_gpus: Optional[float] = None,
-               annotator: type = Annotator) -> List[Dict[str, Any]]:
+def run_on_ray(
+    pending: List[Dict[str, str]],
+    address: Optional[str],
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    annotator_kwargs: Dict[str, Any],
+    local_gpus: Optional[float] = None,
+    annotator: type = Annotator,
+) -> List[Dict[str, Any]]:
     """Ray Data hands each pending input file to one of WORKERS actors of class ANNOTATOR, each with
     CPUS_PER_WORKER CPUs and GPUS_PER_WORKER GPUs (a fraction: several actors share one GPU); Ray
     restarts an actor that dies and retries its file. A local Ray (no ADDRESS) schedules LOCAL_GPUS
     GPUs (None: those it detects). Returns a summary per file."""
     import ray
 
-    ray.init(address=address or None, include_dashboard=False, runtime_env=worker_packages(),
-             log_to_driver=False, **({} if address else {"num_gpus": local_gpus}))
+    ray.init(
+        address=address or None,
+        include_dashboard=False,
+        runtime_env=worker_packages(),
+        log_to_driver=False,
+        **({} if address else {"num_gpus": local_gpus}),
+    )
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     if gpus_per_worker > 0 and cluster_gpus < gpus_per_worker:
         ray.shutdown()
-        typer.echo(f"Error: --gpus-per-worker {gpus_per_worker}, but the Ray cluster has no GPUs. "
-                   "Fix: run where Ray sees GPUs, or use --gpus-per-worker 0.", err=True)
+        typer.echo(
+            f"Error: --gpus-per-worker {gpus_per_worker}, but the Ray cluster has no GPUs. "
+            "Fix: run where Ray sees GPUs, or use --gpus-per-worker 0.",
+            err=True,
+        )
         raise typer.Exit(1)
     if not address and workers * gpus_per_worker > cluster_gpus:
         ray.shutdown()
-        typer.echo(f"Error: --workers {workers} with --gpus-per-worker {gpus_per_worker} need "
-                   f"{workers * gpus_per_worker:g} GPUs, and this machine has {cluster_gpus:g}. Fix: fewer workers, "
-                   f"or a fraction such as --gpus-per-worker {cluster_gpus / workers:g} to share them.", err=True)
+        typer.echo(
+            f"Error: --workers {workers} with --gpus-per-worker {gpus_per_worker} need "
+            f"{workers * gpus_per_worker:g} GPUs, and this machine has {cluster_gpus:g}. Fix: fewer workers, "
+            f"or a fraction such as --gpus-per-worker {cluster_gpus / workers:g} to share them.",
+            err=True,
+        )
         raise typer.Exit(1)
     try:
-        return ray.data.from_items(pending).map_batches(
-            annotator, fn_constructor_kwargs=annotator_kwargs, batch_size=1, concurrency=workers,
-            num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
-        ).take_all()
+        return (
+            ray.data.from_items(pending)
+            .map_batches(
+                annotator,
+                fn_constructor_kwargs=annotator_kwargs,
+                batch_size=1,
+                concurrency=workers,
+                num_cpus=cpus_per_worker,
+                num_gpus=gpus_per_worker or None,
+            )
+            .take_all()
+        )
     except ray.exceptions.RayError as err:
         # A worker's one-line setup error (its GPU, say) comes back inside Ray's traceback.
         setup_error = re.search(r"Cannot use GPU [^\n]*", str(err))
@@ -240,16 +309,27 @@ def main(
     output_dir: str = typer.Argument(..., help="Directory (local or URI) for one output file per input file"),
     model: str = typer.Option("en_conll_distilbert", "--model", "-m", help="Installed package or pipeline dir"),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Ray actors, each holding the model once"),
-    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", min=0.01,
-                                          help="CPUs per actor (its torch threads: this, rounded, at least 1)"),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
-                                          help="GPUs per actor; a fraction shares a GPU (0.25: four actors on one); 0 runs on CPUs"),
-    local_gpus: Optional[float] = typer.Option(None, "--local-gpus", min=0.0,
-                                               help="GPUs a local Ray schedules (default: the ones it detects)"),
+    cpus_per_worker: float = typer.Option(
+        1.0, "--cpus-per-worker", min=0.01, help="CPUs per actor (its torch threads: this, rounded, at least 1)"
+    ),
+    gpus_per_worker: float = typer.Option(
+        0.0,
+        "--gpus-per-worker",
+        min=0.0,
+        help="GPUs per actor; a fraction shares a GPU (0.25: four actors on one); 0 runs on CPUs",
+    ),
+    local_gpus: Optional[float] = typer.Option(
+        None, "--local-gpus", min=0.0, help="GPUs a local Ray schedules (default: the ones it detects)"
+    ),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (default: a local Ray)"),
     output_format: str = typer.Option("parquet", "--format", help="parquet or jsonl"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
-                                             help=f"Records per nlp.pipe batch (default: {CPU_BATCH} on CPUs, {GPU_BATCH} on GPUs)"),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        "--batch-size",
+        "-b",
+        min=1,
+        help=f"Records per nlp.pipe batch (default: {CPU_BATCH} on CPUs, {GPU_BATCH} on GPUs)",
+    ),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
 ):
     """Find the model's entities in every record of INPUT, on Ray Data."""
@@ -264,8 +344,9 @@ def main(
     to_do = [{"input": prefix + path, "output": output_name(prefix + path, output_format)} for path in inputs]
     done = {info.base_name for info in output_fs.get_file_info(pyarrow.fs.FileSelector(output_path))}
     pending = [item for item in to_do if item["output"] not in done]
-    typer.echo(f"{len(inputs)} input file(s): {len(inputs) - len(pending)} already done, {len(pending)} to annotate",
-               err=True)
+    typer.echo(
+        f"{len(inputs)} input file(s): {len(inputs) - len(pending)} already done, {len(pending)} to annotate", err=True
+    )
     start = time.perf_counter()
     summaries = []
     if pending:
@@ -275,19 +356,33 @@ def main(
         annotator_kwargs = {
             "model": str(Path(model).resolve()) if Path(model).exists() else model,
             "code_paths": ",".join(str(Path(p).resolve()) for p in filter(None, code_paths.split(","))),
-            "use_gpu": gpus_per_worker > 0, "batch_size": batch_size or (GPU_BATCH if gpus_per_worker > 0 else CPU_BATCH),
-            "output_dir": output_dir if "://" in output_dir else output_path, "output_format": output_format,
-            "threads": max(1, round(cpus_per_worker))}
-        summaries = run_on_ray(pending, address, workers, cpus_per_worker, gpus_per_worker, annotator_kwargs, local_gpus)
+            "use_gpu": gpus_per_worker > 0,
+            "batch_size": batch_size or (GPU_BATCH if gpus_per_worker > 0 else CPU_BATCH),
+            "output_dir": output_dir if "://" in output_dir else output_path,
+            "output_format": output_format,
+            "threads": max(1, round(cpus_per_worker)),
+        }
+        summaries = run_on_ray(
+            pending, address, workers, cpus_per_worker, gpus_per_worker, annotator_kwargs, local_gpus
+        )
     seconds = time.perf_counter() - start
     totals = {key: sum(s[key] for s in summaries) for key in ("records", "annotated", "malformed", "words")}
-    summary = {"files": len(summaries), "skipped_files": len(inputs) - len(pending), **totals, "workers": workers,
-               "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
-               "seconds": round(seconds, 2),
-               "words_per_second": round(totals["words"] / seconds, 1) if summaries else 0.0}
-    typer.echo(f"Annotated {totals['annotated']} of {totals['records']} record(s) in {len(summaries)} file(s), "
-               f"{totals['malformed']} malformed; {totals['words']} words in {seconds:.1f} s "
-               f"({summary['words_per_second']:.0f} words/s) on {workers} worker(s)", err=True)
+    summary = {
+        "files": len(summaries),
+        "skipped_files": len(inputs) - len(pending),
+        **totals,
+        "workers": workers,
+        "cpus_per_worker": cpus_per_worker,
+        "gpus_per_worker": gpus_per_worker,
+        "seconds": round(seconds, 2),
+        "words_per_second": round(totals["words"] / seconds, 1) if summaries else 0.0,
+    }
+    typer.echo(
+        f"Annotated {totals['annotated']} of {totals['records']} record(s) in {len(summaries)} file(s), "
+        f"{totals['malformed']} malformed; {totals['words']} words in {seconds:.1f} s "
+        f"({summary['words_per_second']:.0f} words/s) on {workers} worker(s)",
+        err=True,
+    )
     print(json.dumps(summary))
 
 

@@ -7,6 +7,7 @@ character offsets into the text, so `text[start:end] == word`. Texts over `nlp.m
 annotated whole, piece by piece (long_texts.py). A text that cannot be annotated, whatever the
 cause, costs only itself: its batch is redone text by text and the failure is returned in its place.
 """
+
 import json
 from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -102,7 +103,9 @@ def read_jsonl(lines: Iterable[bytes], source: str) -> Iterator[Union[Record, Ba
     for line_no, raw in enumerate(lines, start=1):
         if raw.strip():
             parsed, problem = parse_jsonl_line(raw)
-            yield Record(*parsed, source, {"line": line_no}) if parsed else BadRecord(source, {"line": line_no}, problem)
+            yield (
+                Record(*parsed, source, {"line": line_no}) if parsed else BadRecord(source, {"line": line_no}, problem)
+            )
 
 
 def doc_entities(doc: Doc) -> Entities:
@@ -110,13 +113,15 @@ def doc_entities(doc: Doc) -> Entities:
     entities = []
     for ent in doc.ents:
         confidence = ent._.confidence if has_confidence else None
-        entities.append({
-            "entity_group": ent.label_,
-            "score": None if confidence is None else round(float(confidence), 4),
-            "word": ent.text,
-            "start": ent.start_char,
-            "end": ent.end_char,
-        })
+        entities.append(
+            {
+                "entity_group": ent.label_,
+                "score": None if confidence is None else round(float(confidence), 4),
+                "word": ent.text,
+                "start": ent.start_char,
+                "end": ent.end_char,
+            }
+        )
     return entities
 
 
@@ -130,7 +135,9 @@ def failure(err: Exception) -> AnnotationFailure:
     return AnnotationFailure(f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__)
 
 
-def annotate_texts(nlp: Language, texts: Sequence[str], batch_size: int = 32) -> List[Union[Entities, AnnotationFailure]]:
+def annotate_texts(
+    nlp: Language, texts: Sequence[str], batch_size: int = 32
+) -> List[Union[Entities, AnnotationFailure]]:
     """The entities of each text, in order, or an AnnotationFailure where a text cannot be annotated."""
     try:
         return [doc_entities(doc) for doc in pipe_texts(nlp, texts, batch_size=batch_size)]

@@ -9,6 +9,7 @@ annotated whole (long_texts.py). A record that cannot be read (bad JSON, no `tex
 or cannot be annotated is reported with its source and line; --on-error says whether to stop there
 (keeping the records before it) or to skip it and go on.
 """
+
 import math
 import multiprocessing
 import os
@@ -142,8 +143,9 @@ def annotate_in_worker(texts: Sequence[str], batch_size: int) -> list:
     return annotate_texts(worker_nlp, texts, batch_size)
 
 
-def annotated_batches(records: Iterator[Record], nlp: Language, model: str, code_paths: str, batch_size: int,
-                      n_process: int) -> Iterator[Tuple[List[Record], list]]:
+def annotated_batches(
+    records: Iterator[Record], nlp: Language, model: str, code_paths: str, batch_size: int, n_process: int
+) -> Iterator[Tuple[List[Record], list]]:
     """Batches of records with their entities (or failures), in the input order: by NLP, or with
     n_process > 1 by worker processes that each load MODEL once."""
     batches = (list(batch) for batch in minibatch(records, size=batch_size))
@@ -166,8 +168,15 @@ def annotated_batches(records: Iterator[Record], nlp: Language, model: str, code
             yield done, result.get()
 
 
-def check_options(source: Optional[str], text: Optional[str], input_format: str, on_error: str, gpu_id: int,
-                  n_process: int, min_score: float) -> None:
+def check_options(
+    source: Optional[str],
+    text: Optional[str],
+    input_format: str,
+    on_error: str,
+    gpu_id: int,
+    n_process: int,
+    min_score: float,
+) -> None:
     if on_error not in ("stop", "skip"):
         raise typer.BadParameter("--on-error must be stop or skip")
     if input_format not in ("auto", "text", "jsonl"):
@@ -180,8 +189,9 @@ def check_options(source: Optional[str], text: Optional[str], input_format: str,
         raise typer.BadParameter("--min-score must be a number from 0 to 1")
 
 
-def check_outputs_and_load(source: Optional[str], output: Optional[Path], html: Optional[Path], model: str,
-                           gpu_id: int, min_score: float) -> Language:
+def check_outputs_and_load(
+    source: Optional[str], output: Optional[Path], html: Optional[Path], model: str, gpu_id: int, min_score: float
+) -> Language:
     """Every output checked, and the model loaded, before the first record."""
     inputs = {"SOURCE": Path(source) if source not in (None, "-") else None}
     for option, path in (("--output", output), ("--html", html)):
@@ -193,14 +203,23 @@ def check_outputs_and_load(source: Optional[str], output: Optional[Path], html: 
     use_device(gpu_id)
     nlp = load_pipeline(model)
     if min_score > 0 and "entity_confidence" not in nlp.pipe_names:
-        raise SetupError(f"--min-score {min_score}: the model {model} has no entity_confidence component, so its "
-                         "entities have no score to compare. Fix: use the release pipeline, or leave --min-score out.")
+        raise SetupError(
+            f"--min-score {min_score}: the model {model} has no entity_confidence component, so its "
+            "entities have no score to compare. Fix: use the release pipeline, or leave --min-score out."
+        )
     return nlp
 
 
-def write_records(annotated: Iterator[Tuple[Record, Union[Entities, AnnotationFailure]]], out: IO, errors: InputErrors,
-                  progress: tqdm, min_score: float, include_text: bool,
-                  html_docs: Optional[List[Dict[str, Any]]], html_limit: int) -> int:
+def write_records(
+    annotated: Iterator[Tuple[Record, Union[Entities, AnnotationFailure]]],
+    out: IO,
+    errors: InputErrors,
+    progress: tqdm,
+    min_score: float,
+    include_text: bool,
+    html_docs: Optional[List[Dict[str, Any]]],
+    html_limit: int,
+) -> int:
     """Write each annotated record as a JSON line (and the first HTML_LIMIT into HTML_DOCS); report the
     records that could not be annotated. Returns how many were written."""
     written = 0
@@ -212,15 +231,29 @@ def write_records(annotated: Iterator[Tuple[Record, Union[Entities, AnnotationFa
                 break
             continue
         if "entities" in record.fields and not warned_entities_field:
-            typer.echo(f"Warning: {record.location}: the input's own 'entities' field is replaced by the "
-                       "annotation (the first such record; others are not reported).", err=True)
+            typer.echo(
+                f"Warning: {record.location}: the input's own 'entities' field is replaced by the "
+                "annotation (the first such record; others are not reported).",
+                err=True,
+            )
             warned_entities_field = True
-        out.write(json_line({**record.fields, **({"text": record.text} if include_text else {}),
-                             "entities": kept_entities(entities, min_score)}))
+        out.write(
+            json_line(
+                {
+                    **record.fields,
+                    **({"text": record.text} if include_text else {}),
+                    "entities": kept_entities(entities, min_score),
+                }
+            )
+        )
         written += 1
         if html_docs is not None and len(html_docs) < html_limit:
-            html_docs.append({"text": record.text, "ents": [
-                {"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities]})
+            html_docs.append(
+                {
+                    "text": record.text,
+                    "ents": [{"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities],
+                }
+            )
     return written
 
 
@@ -231,14 +264,22 @@ def main(
     model: str = typer.Option("en_conll_distilbert", "--model", "-m", help="Installed package or pipeline dir"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="JSONL output file (default: stdout)"),
     input_format: str = typer.Option("auto", "--format", help="auto, text or jsonl (auto: .jsonl files are JSONL)"),
-    min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0,
-                                    help="Drop entities whose confidence is below this (0 to 1)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1,
-                                             help=f"Documents per nlp.pipe batch (default: {CPU_BATCH} on the CPU, "
-                                                  f"{GPU_BATCH} on a GPU, which the transformer fills better)"),
+    min_score: float = typer.Option(
+        0.0, "--min-score", min=0.0, max=1.0, help="Drop entities whose confidence is below this (0 to 1)"
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None,
+        "--batch-size",
+        "-b",
+        min=1,
+        help=f"Documents per nlp.pipe batch (default: {CPU_BATCH} on the CPU, "
+        f"{GPU_BATCH} on a GPU, which the transformer fills better)",
+    ),
     n_process: int = typer.Option(1, "--n-process", "-n", min=1, help="Worker processes (CPU only)"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
-    on_error: str = typer.Option("stop", "--on-error", help="A record that cannot be read or annotated: stop, or skip it"),
+    on_error: str = typer.Option(
+        "stop", "--on-error", help="A record that cannot be read or annotated: stop, or skip it"
+    ),
     html: Optional[Path] = typer.Option(None, "--html", help="Also write a displaCy page of the annotated documents"),
     html_limit: int = typer.Option(100, "--html-limit", min=0, help="At most this many documents on the displaCy page"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
@@ -252,8 +293,11 @@ def main(
         nlp = check_outputs_and_load(source, output, html, model, gpu_id, min_score)
     errors = InputErrors(stop_on_error=on_error == "stop", messages=[])
     try:
-        readings, total = (iter([Record(text, {}, "--text", {})]), 1) if text is not None \
+        readings, total = (
+            (iter([Record(text, {}, "--text", {})]), 1)
+            if text is not None
             else read_records(source, input_format, sys.stdin.buffer)
+        )
     except SourceNotFound as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1)
@@ -263,10 +307,21 @@ def main(
     try:
         # A file output is written to a temporary file and renamed at the end: a crash or a stop leaves an
         # earlier output as it was, and a stop on a bad record keeps the records done before it.
-        with terminate_as_interrupt(), atomic_output(output) if output else nullcontext(sys.stdout) as out, \
-                tqdm(total=total, disable=source in (None, "-"), unit="doc", file=sys.stderr) as progress:
-            written = write_records((pair for batch, results in batches for pair in zip(batch, results)), out,
-                                    errors, progress, min_score, include_text, html_docs, html_limit)
+        with (
+            terminate_as_interrupt(),
+            atomic_output(output) if output else nullcontext(sys.stdout) as out,
+            tqdm(total=total, disable=source in (None, "-"), unit="doc", file=sys.stderr) as progress,
+        ):
+            written = write_records(
+                (pair for batch, results in batches for pair in zip(batch, results)),
+                out,
+                errors,
+                progress,
+                min_score,
+                include_text,
+                html_docs,
+                html_limit,
+            )
     except KeyboardInterrupt:
         kept = f"; {output} is as it was before the run" if output else ""
         typer.echo(f"\nInterrupted after {written} annotated record(s){kept}.", err=True)

@@ -92,8 +92,9 @@ class Batcher:
 
     def submit(self, texts: List[str]) -> asyncio.Future:
         if self.queued_texts + len(texts) > self.max_queue_texts and self.queued_texts > 0:
-            raise Overloaded(f"{self.queued_texts} texts are waiting, the most this server queues is "
-                             f"{self.max_queue_texts}")
+            raise Overloaded(
+                f"{self.queued_texts} texts are waiting, the most this server queues is {self.max_queue_texts}"
+            )
         pending = Pending(texts, asyncio.get_running_loop().create_future())
         self.queued_texts += len(texts)
         self.queue.put_nowait(pending)
@@ -136,8 +137,7 @@ class Batcher:
             self.batches += 1
             self.texts_done += len(texts)
             try:
-                results = await loop.run_in_executor(
-                    self.executor, annotate_texts, self.nlp, texts, max(len(texts), 1))
+                results = await loop.run_in_executor(self.executor, annotate_texts, self.nlp, texts, max(len(texts), 1))
             except Exception as err:  # annotate_texts isolates each text; this is the pipeline failing whole
                 for pending in batch:
                     if not pending.future.done():
@@ -146,7 +146,7 @@ class Batcher:
             start = 0
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result(results[start:start + len(pending.texts)])
+                    pending.future.set_result(results[start : start + len(pending.texts)])
                 start += len(pending.texts)
 
 
@@ -157,7 +157,8 @@ class Parameters(BaseModel):
     min_score: Optional[float] = Field(None, ge=0.0, le=1.0, description="Drop entities whose score is below this")
     ignore_labels: Optional[List[str]] = Field(None, description="Entity types to leave out")
     aggregation_strategy: Optional[Literal["simple"]] = Field(
-        None, description="Entities are always grouped as the HF pipeline's 'simple' strategy groups them")
+        None, description="Entities are always grouped as the HF pipeline's 'simple' strategy groups them"
+    )
     stride: Optional[int] = Field(None, description="Accepted for compatibility; the model's own windows apply")
 
 
@@ -240,7 +241,8 @@ class RequestBodies:
             body.decode("utf-8")
         except UnicodeDecodeError as err:
             return await error(422, f"the body is not UTF-8 (byte 0x{body[err.start]:02x} at offset {err.start})")(
-                scope, receive, send)
+                scope, receive, send
+            )
         replayed = False
 
         async def replay():
@@ -259,10 +261,13 @@ def model_info(nlp, settings: ServeSettings) -> Dict[str, Any]:
     test = meta.get("test_performance") or {}
     backbone = meta.get("backbone") or {}
     return {
-        "name": f"{meta.get('lang')}_{meta.get('name')}", "version": meta.get("version"),
+        "name": f"{meta.get('lang')}_{meta.get('name')}",
+        "version": meta.get("version"),
         "labels": list(nlp.get_pipe("ner").labels) if "ner" in nlp.pipe_names else [],
-        "backbone": backbone.get("name") or nlp.config["components"].get("transformer", {}).get("model", {}).get("name"),
-        "test_f1": test.get("seqeval_f"), "confidences": "entity_confidence" in nlp.pipe_names,
+        "backbone": backbone.get("name")
+        or nlp.config["components"].get("transformer", {}).get("model", {}).get("name"),
+        "test_f1": test.get("seqeval_f"),
+        "confidences": "entity_confidence" in nlp.pipe_names,
         "limits": {k: v for k, v in asdict(settings).items() if k not in ("model", "code_paths", "gpu_id")},
     }
 
@@ -285,15 +290,21 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
         yield
         await batcher.stop()
 
-    api = FastAPI(title="NER", description="Named entities, in the shape of the Hugging Face Inference API's "
-                  "token-classification task.", lifespan=lifespan)
+    api = FastAPI(
+        title="NER",
+        description="Named entities, in the shape of the Hugging Face Inference API's token-classification task.",
+        lifespan=lifespan,
+    )
 
     @api.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, err: RequestValidationError) -> JSONResponse:
         return error(422, validation_message(err))
 
-    @api.post("/", response_model=Union[List[Entity], List[List[Entity]]],
-              summary="The entities of a text, or of each text of a list")
+    @api.post(
+        "/",
+        response_model=Union[List[Entity], List[List[Entity]]],
+        summary="The entities of a text, or of each text of a list",
+    )
     async def token_classification(request: TokenClassificationRequest):
         if "batcher" not in state:
             return error(503, "the model is still loading", {"Retry-After": "5"})
@@ -303,8 +314,11 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
         for i, text in enumerate(texts):
             if len(text) > settings.max_text_chars:
                 where = "inputs" if isinstance(request.inputs, str) else f"inputs.{i}"
-                return error(413, f"{where}: {len(text):,} characters, the most a text may have here is "
-                             f"{settings.max_text_chars:,}; annotate longer texts with predict or annotate_ray")
+                return error(
+                    413,
+                    f"{where}: {len(text):,} characters, the most a text may have here is "
+                    f"{settings.max_text_chars:,}; annotate longer texts with predict or annotate_ray",
+                )
         try:
             future = state["batcher"].submit(texts)
         except Overloaded as err:
@@ -316,17 +330,28 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
         failures = [(i, r) for i, r in enumerate(results) if isinstance(r, AnnotationFailure)]
         if failures:
             i, failure = failures[0]
-            return error(500, f"inputs.{i}: cannot annotate ({failure})" if len(texts) > 1
-                         else f"inputs: cannot annotate ({failure})")
+            return error(
+                500,
+                f"inputs.{i}: cannot annotate ({failure})"
+                if len(texts) > 1
+                else f"inputs: cannot annotate ({failure})",
+            )
         parameters = request.parameters
-        entities = [kept_entities(result, parameters.min_score or 0.0, parameters.ignore_labels or ()) for result in results]
+        entities = [
+            kept_entities(result, parameters.min_score or 0.0, parameters.ignore_labels or ()) for result in results
+        ]
         return entities[0] if isinstance(request.inputs, str) else entities
 
     @api.get("/health", summary="Answers while the process is up")
     async def health():
         batcher = state.get("batcher")
-        return {"status": "ok", "pid": os.getpid(), "batches": batcher.batches if batcher else 0,
-                "texts": batcher.texts_done if batcher else 0, "queued_texts": batcher.queued_texts if batcher else 0}
+        return {
+            "status": "ok",
+            "pid": os.getpid(),
+            "batches": batcher.batches if batcher else 0,
+            "texts": batcher.texts_done if batcher else 0,
+            "queued_texts": batcher.queued_texts if batcher else 0,
+        }
 
     @api.get("/ready", summary="Answers 200 once the model is loaded, 503 before")
     async def ready():
@@ -350,14 +375,24 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
 
 # displaCy's entity markup with the entity's score after its label.
 ENTITY_TEMPLATE = TPL_ENT.replace(
-    "{kb_link}", '<span class="score" style="font-size: 0.9em; font-weight: normal; margin-left: 0.25rem">{score}</span>')
+    "{kb_link}",
+    '<span class="score" style="font-size: 0.9em; font-weight: normal; margin-left: 0.25rem">{score}</span>',
+)
 
 
 def render_entities(text: str, entities: List[Entity]) -> str:
-    spans = [{"start": e.start, "end": e.end, "label": e.entity_group,
-              "params": {"score": "" if e.score is None else f"{e.score:.2f}"}} for e in entities]
-    return displacy.render({"text": text, "ents": spans}, style="ent", manual=True,
-                           options={"template": ENTITY_TEMPLATE})
+    spans = [
+        {
+            "start": e.start,
+            "end": e.end,
+            "label": e.entity_group,
+            "params": {"score": "" if e.score is None else f"{e.score:.2f}"},
+        }
+        for e in entities
+    ]
+    return displacy.render(
+        {"text": text, "ents": spans}, style="ent", manual=True, options={"template": ENTITY_TEMPLATE}
+    )
 
 
 def serve_on_uvicorn(settings: ServeSettings, nlp, host: str, port: int) -> None:
@@ -367,8 +402,15 @@ def serve_on_uvicorn(settings: ServeSettings, nlp, host: str, port: int) -> None
     uvicorn.run(build_app(settings, nlp), host=host, port=port, log_level="warning")
 
 
-def serve_on_ray(settings: ServeSettings, host: str, port: int, address: Optional[str], replicas: int,
-                 cpus_per_replica: float, gpus_per_replica: float) -> None:
+def serve_on_ray(
+    settings: ServeSettings,
+    host: str,
+    port: int,
+    address: Optional[str],
+    replicas: int,
+    cpus_per_replica: float,
+    gpus_per_replica: float,
+) -> None:
     """The same app as Ray Serve replicas, each with its model and batcher; Ray's proxy spreads the
     requests and Ray Serve replaces a replica that dies."""
     import ray
@@ -377,18 +419,25 @@ def serve_on_ray(settings: ServeSettings, host: str, port: int, address: Optiona
     def replica_app() -> FastAPI:
         return build_app(settings)
 
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=False, runtime_env={
-        "py_modules": [str(PROJECT_DIR / package) for package in ("annotate", "scripts", "model_code")]})
+    ray.init(
+        address=address or None,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"py_modules": [str(PROJECT_DIR / package) for package in ("annotate", "scripts", "model_code")]},
+    )
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     try:
         serve.start(http_options={"host": host, "port": port})
         deployment = serve.deployment(
-            serve.ingress(replica_app)(), name="ner", num_replicas=replicas,
+            serve.ingress(replica_app)(),
+            name="ner",
+            num_replicas=replicas,
             ray_actor_options={"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
             # The replica's own batcher bounds its queue (503 past it); Ray's default of 5 would cap the batches.
-            max_ongoing_requests=settings.max_queue_texts + settings.max_batch_texts)
+            max_ongoing_requests=settings.max_queue_texts + settings.max_batch_texts,
+        )
         serve.run(deployment.bind(), name="ner", route_prefix="/")
         typer.echo(f"Serving {settings.model} on http://{host}:{port} with {replicas} Ray Serve replica(s)", err=True)
         stopped.wait()
@@ -405,33 +454,53 @@ def main(
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU (uvicorn)"),
     max_batch_texts: int = typer.Option(32, "--max-batch-texts", min=1, help="The most texts one nlp.pipe batch holds"),
-    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0,
-                                        help="How long the first request of a batch may wait for others, while "
-                                             "more keep coming (a request alone goes at once)"),
-    max_queue_texts: int = typer.Option(1024, "--max-queue-texts", min=1,
-                                        help="Texts that may wait; past them a request gets 503 with Retry-After"),
-    max_text_chars: int = typer.Option(1_000_000, "--max-text-chars", min=1,
-                                       help="The longest text, in characters (413 past it)"),
-    max_body_bytes: int = typer.Option(10_000_000, "--max-body-bytes", min=1,
-                                       help="The largest request body, in bytes (413 past it)"),
+    batch_wait_ms: float = typer.Option(
+        10.0,
+        "--batch-wait-ms",
+        min=0.0,
+        help="How long the first request of a batch may wait for others, while "
+        "more keep coming (a request alone goes at once)",
+    ),
+    max_queue_texts: int = typer.Option(
+        1024, "--max-queue-texts", min=1, help="Texts that may wait; past them a request gets 503 with Retry-After"
+    ),
+    max_text_chars: int = typer.Option(
+        1_000_000, "--max-text-chars", min=1, help="The longest text, in characters (413 past it)"
+    ),
+    max_body_bytes: int = typer.Option(
+        10_000_000, "--max-body-bytes", min=1, help="The largest request body, in bytes (413 past it)"
+    ),
     max_texts: int = typer.Option(256, "--max-texts", min=1, help="The most texts one request may hold (413 past it)"),
     request_timeout_s: float = typer.Option(60.0, "--timeout", min=0.001, help="Seconds a request may take (504)"),
-    replicas: int = typer.Option(0, "--replicas", min=0,
-                                 help="0: one process under uvicorn; 1 or more: Ray Serve replicas, each holding the "
-                                      "model once, on a local Ray or on --address"),
-    address: Optional[str] = typer.Option(None, "--address", help="The Ray cluster for the replicas (default: a local Ray)"),
+    replicas: int = typer.Option(
+        0,
+        "--replicas",
+        min=0,
+        help="0: one process under uvicorn; 1 or more: Ray Serve replicas, each holding the "
+        "model once, on a local Ray or on --address",
+    ),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="The Ray cluster for the replicas (default: a local Ray)"
+    ),
     cpus_per_replica: float = typer.Option(1.0, "--cpus-per-replica", min=0.01, help="CPUs per Ray Serve replica"),
-    gpus_per_replica: float = typer.Option(0.0, "--gpus-per-replica", min=0.0,
-                                           help="GPUs per Ray Serve replica; a fraction shares a GPU"),
+    gpus_per_replica: float = typer.Option(
+        0.0, "--gpus-per-replica", min=0.0, help="GPUs per Ray Serve replica; a fraction shares a GPU"
+    ),
 ):
     """Serve the model's entities over HTTP, in the HF Inference API's token-classification shape."""
     local_model = Path(model)
     settings = ServeSettings(
         model=str(local_model.resolve()) if local_model.exists() else model,
         code_paths=",".join(str(Path(p).resolve()) for p in filter(None, code_paths.split(","))),
-        gpu_id=0 if gpus_per_replica > 0 else gpu_id, max_batch_texts=max_batch_texts, batch_wait_ms=batch_wait_ms,
-        max_queue_texts=max_queue_texts, max_text_chars=max_text_chars, max_body_bytes=max_body_bytes,
-        max_texts=max_texts, request_timeout_s=request_timeout_s)
+        gpu_id=0 if gpus_per_replica > 0 else gpu_id,
+        max_batch_texts=max_batch_texts,
+        batch_wait_ms=batch_wait_ms,
+        max_queue_texts=max_queue_texts,
+        max_text_chars=max_text_chars,
+        max_body_bytes=max_body_bytes,
+        max_texts=max_texts,
+        request_timeout_s=request_timeout_s,
+    )
     if address and not replicas:
         raise typer.BadParameter("--address deploys Ray Serve replicas: give --replicas 1 or more")
     if replicas:

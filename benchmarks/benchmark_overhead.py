@@ -13,6 +13,7 @@ in another Python environment (another spaCy, say the release before), run there
 confidences but for float rounding.
 Writes a JSON and the table between `overhead:start` and `overhead:end` in BENCHMARKS.md.
 """
+
 import json
 import statistics
 import subprocess
@@ -43,8 +44,10 @@ TOKEN_OBJECTS, FROM_ARRAYS = "spacy-transformers (Token objects)", "from arrays"
 ARRAY_ALIGNMENT = {TOKEN_OBJECTS: False, FROM_ARRAYS: True}
 # spacy-transformers' Doc sub-batches (its default max_batch_items) for the Token objects; the
 # model's own for the arrays.
-MAX_BATCH_ITEMS = {TOKEN_OBJECTS: Language.get_factory_meta("transformer").default_config["max_batch_items"],
-                   FROM_ARRAYS: None}
+MAX_BATCH_ITEMS = {
+    TOKEN_OBJECTS: Language.get_factory_meta("transformer").default_config["max_batch_items"],
+    FROM_ARRAYS: None,
+}
 Repetition = Tuple[float, Dict[str, float]]
 # Doc sub-batches of other sizes group and pad the windows otherwise: the confidences then differ in
 # float rounding (under 1e-6 on the test split), the entities not at all.
@@ -59,16 +62,24 @@ class Pipeline:
     """A variant in this process: the release pipeline with the transformer's batches built one way."""
 
     def __init__(self, model: Path, texts: List[str], variant: str, cpu_bf16: bool):
-        self.nlp = spacy.load(model, config={"components": {"transformer": {"model": {
-            "array_alignment": ARRAY_ALIGNMENT[variant], "cpu_bf16": cpu_bf16}}}})
+        self.nlp = spacy.load(
+            model,
+            config={
+                "components": {
+                    "transformer": {"model": {"array_alignment": ARRAY_ALIGNMENT[variant], "cpu_bf16": cpu_bf16}}
+                }
+            },
+        )
         if MAX_BATCH_ITEMS[variant]:  # the saved component settings win over a config at load: set here
             self.nlp.get_pipe("transformer").cfg["max_batch_items"] = MAX_BATCH_ITEMS[variant]
         self.texts = texts
         self.spacy_version = spacy.__version__
 
     def entities(self) -> List:
-        return [[(e.start_char, e.end_char, e.label_, e._.confidence) for e in doc.ents]
-                for doc in self.nlp.pipe(self.texts)]
+        return [
+            [(e.start_char, e.end_char, e.label_, e._.confidence) for e in doc.ents]
+            for doc in self.nlp.pipe(self.texts)
+        ]
 
     def repetition(self) -> Repetition:
         start = time.perf_counter()
@@ -82,8 +93,9 @@ class PipelineInPython:
     def __init__(self, python: Path, model: Path, data: Path, variant: str, code: str, cpu_bf16: bool):
         self.python = python
         command = [str(python), __file__, str(model), str(data), "--code", code, "--serve", variant]
-        self.process = subprocess.Popen(command + (["--cpu-bf16"] if cpu_bf16 else []), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            command + (["--cpu-bf16"] if cpu_bf16 else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         self.spacy_version = self.ask("spacy_version")
 
     def ask(self, request: str):
@@ -91,8 +103,10 @@ class PipelineInPython:
         self.process.stdin.flush()
         answer = self.process.stdout.readline()
         if not answer:
-            raise SetupError(f"the benchmark stopped in {self.python} (its error is above): check that it has the "
-                             "project's requirements, with the spaCy to compare")
+            raise SetupError(
+                f"the benchmark stopped in {self.python} (its error is above): check that it has the "
+                "project's requirements, with the spaCy to compare"
+            )
         return json.loads(answer)
 
     def entities(self) -> List:
@@ -108,8 +122,11 @@ class PipelineInPython:
 
 def serve(pipeline: Pipeline) -> None:
     """Answer the requests of PipelineInPython on stdin, one JSON line each."""
-    answers = {"spacy_version": lambda: pipeline.spacy_version, "entities": pipeline.entities,
-               "repetition": pipeline.repetition}
+    answers = {
+        "spacy_version": lambda: pipeline.spacy_version,
+        "entities": pipeline.entities,
+        "repetition": pipeline.repetition,
+    }
     for request in sys.stdin:
         sys.stdout.write(json.dumps(answers[request.strip()]()) + "\n")
         sys.stdout.flush()
@@ -121,21 +138,31 @@ def agreement(annotations: Dict[str, List]) -> Tuple[bool, Optional[float]]:
     first, *others = [[[tuple(entity) for entity in doc] for doc in docs] for docs in annotations.values()]
     if any([[e[:3] for e in doc] for doc in other] != [[e[:3] for e in doc] for doc in first] for other in others):
         return False, None
-    return True, max((abs(a[3] - b[3]) for other in others for doc_a, doc_b in zip(first, other)
-                      for a, b in zip(doc_a, doc_b)), default=0.0)
+    return True, max(
+        (abs(a[3] - b[3]) for other in others for doc_a, doc_b in zip(first, other) for a, b in zip(doc_a, doc_b)),
+        default=0.0,
+    )
 
 
 def results_table(result: Dict) -> str:
     components = list(next(iter(result["components_seconds"].values())))
-    lines = [f"| {result['words']:,} words, median of {result['repetitions']} | words/s | "
-             + " | ".join(f"{name} s" for name in components) + " |",
-             "|---|---|" + "---|" * len(components)]
+    lines = [
+        f"| {result['words']:,} words, median of {result['repetitions']} | words/s | "
+        + " | ".join(f"{name} s" for name in components)
+        + " |",
+        "|---|---|" + "---|" * len(components),
+    ]
     for variant, words_per_second in result["words_per_second"].items():
         seconds = result["components_seconds"][variant]
-        lines.append(f"| {variant} | {words_per_second:,.0f} | " + " | ".join(f"{seconds[n]:.3f}" for n in components) + " |")
+        lines.append(
+            f"| {variant} | {words_per_second:,.0f} | " + " | ".join(f"{seconds[n]:.3f}" for n in components) + " |"
+        )
     for before, ratios in result["ratios"].items():
-        lines.append(f"| **from arrays ÷ {before}** | **{ratios['words_per_second']:.2f}×** words/s | " + " | ".join(
-            "n/a" if ratios[n] is None else f"{ratios[n]:.2f}× the time" for n in components) + " |")
+        lines.append(
+            f"| **from arrays ÷ {before}** | **{ratios['words_per_second']:.2f}×** words/s | "
+            + " | ".join("n/a" if ratios[n] is None else f"{ratios[n]:.2f}× the time" for n in components)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -147,13 +174,17 @@ def main(
     code: str = typer.Option("", help="Comma-separated Python files with the registered functions"),
     repetitions: int = typer.Option(3, min=1, help="Repetitions of each variant, alternating"),
     baseline_python: Optional[Path] = typer.Option(
-        None, exists=True, dir_okay=False,
-        help="Another Python environment (say with an earlier spaCy): also time the Token objects there"),
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Another Python environment (say with an earlier spaCy): also time the Token objects there",
+    ),
     benchmarks_md: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file with the overhead markers"),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the table into BENCHMARKS_MD"),
     cpu_bf16: bool = typer.Option(False, "--cpu-bf16", help="Run the transformer in bf16 on the CPU (all variants)"),
-    serve_variant: Optional[str] = typer.Option(None, "--serve", hidden=True,
-                                                help="Run this variant for --baseline-python, on stdin requests"),
+    serve_variant: Optional[str] = typer.Option(
+        None, "--serve", hidden=True, help="Run this variant for --baseline-python, on stdin requests"
+    ),
 ):
     with one_line_errors():
         import_code_paths(code)
@@ -182,27 +213,45 @@ def main(
                 components[name].append(by_component)
         if baseline_python:
             baseline.close()
-        median_components = {name: {c: statistics.median(r[c] for r in runs) for c in runs[0]}
-                             for name, runs in components.items()}
+        median_components = {
+            name: {c: statistics.median(r[c] for r in runs) for c in runs[0]} for name, runs in components.items()
+        }
         words_per_second = {name: round(words / statistics.median(s), 1) for name, s in seconds.items()}
         after = list(pipelines)[-1]
         result = {
-            "words": words, "texts": len(texts), "repetitions": repetitions, "machine": machine_info(),
-            "cpu_bf16": cpu_bf16, "baseline_python": str(baseline_python) if baseline_python else None,
-            "same_entities": same_entities, "max_confidence_difference": confidence_difference, "seconds": seconds, "words_per_second": words_per_second,
+            "words": words,
+            "texts": len(texts),
+            "repetitions": repetitions,
+            "machine": machine_info(),
+            "cpu_bf16": cpu_bf16,
+            "baseline_python": str(baseline_python) if baseline_python else None,
+            "same_entities": same_entities,
+            "max_confidence_difference": confidence_difference,
+            "seconds": seconds,
+            "words_per_second": words_per_second,
             "components_seconds": median_components,
-            "ratios": {before: {"words_per_second": round(words_per_second[after] / words_per_second[before], 3),
-                                **{c: round(median_components[after][c] / median_components[before][c], 3)
-                                   if median_components[before][c] else None for c in median_components[after]}}
-                       for before in list(pipelines)[:-1]},
+            "ratios": {
+                before: {
+                    "words_per_second": round(words_per_second[after] / words_per_second[before], 3),
+                    **{
+                        c: round(median_components[after][c] / median_components[before][c], 3)
+                        if median_components[before][c]
+                        else None
+                        for c in median_components[after]
+                    },
+                }
+                for before in list(pipelines)[:-1]
+            },
         }
         atomic_write_text(output, json.dumps(result, indent=2) + "\n")
         if report:
             replace_between_markers(benchmarks_md, START, END, results_table(result))
         typer.echo(results_table(result))
         if not same_entities or confidence_difference > CONFIDENCE_TOLERANCE:
-            typer.echo(f"Error: the variants gave different entities, or confidences more than {CONFIDENCE_TOLERANCE} "
-                       "apart", err=True)
+            typer.echo(
+                f"Error: the variants gave different entities, or confidences more than {CONFIDENCE_TOLERANCE} apart",
+                err=True,
+            )
             raise typer.Exit(1)
 
 

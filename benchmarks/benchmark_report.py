@@ -2,6 +2,7 @@
 BENCHMARKS.md, between its `results:start` and `results:end` markers: speed like for like (ours
 and the HF pipeline at the same precision), accuracy, and training against the reference notebook's
 method trained in the same run. Earlier runs stay in benchmarks/results/ and in git history."""
+
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -78,8 +79,9 @@ def results_table(results: List[Dict[str, Any]]) -> str:
             f"| {fmt(r['ours_passes_reference_dev_f1_seconds'], '.0f', ' s')} "
             f"| {passes_test_f1(r)} |"
         )
-    return "\n".join(["Speed, words/s (median of the repetitions):", "", *speed, "", "Accuracy and training:", "",
-                      *accuracy])
+    return "\n".join(
+        ["Speed, words/s (median of the repetitions):", "", *speed, "", "Accuracy and training:", "", *accuracy]
+    )
 
 
 @app.command()
@@ -127,15 +129,19 @@ def main(
         "ratio_fp32": ratio(wps["ours_fp32"], wps["hf_pipeline_fp32"]),
         "ratio_bf16": ratio(wps.get("ours_bf16"), wps.get("hf_pipeline_bf16")),
         # Against the faster of the HF pipeline's two bf16 switches (autocast, bf16 weights).
-        "ratio_bf16_to_hf_fastest": ratio(wps.get("ours_bf16"), max(
-            (wps[name] for name in ("hf_pipeline_bf16", "hf_pipeline_bf16_weights") if name in wps), default=None)),
+        "ratio_bf16_to_hf_fastest": ratio(
+            wps.get("ours_bf16"),
+            max((wps[name] for name in ("hf_pipeline_bf16", "hf_pipeline_bf16_weights") if name in wps), default=None),
+        ),
         "reference_train_seconds": reference["train_seconds"],
         "reference_test_f1": reference["test_f1"],
         "reference_dev_f1": reference["dev_f1"],
         "train_time_ratio": ratio(train_seconds, reference["train_seconds"]),
         "ours_passes_reference_dev_f1_seconds": first_time_above(curve, reference["dev_f1"]),
-        "dev_curve": [{"step": line["step"], "seconds": line["seconds"], "dev_f1": line["scores"].get("seqeval_f")}
-                      for line in curve],
+        "dev_curve": [
+            {"step": line["step"], "seconds": line["seconds"], "dev_f1": line["scores"].get("seqeval_f")}
+            for line in curve
+        ],
         "test_curve": test_curve,
         "ours_passes_reference_test_f1": first_checkpoint_above(test_curve, reference["test_f1"]),
         "ours_at_60_percent_of_reference_time": last_checkpoint_within(test_curve, 0.6 * reference["train_seconds"]),

@@ -57,8 +57,7 @@ def server(command: List[str], log_path: Path, ready_s: float = 300) -> Iterator
     /ready answers; stopped by its pid at the end (SIGTERM, then SIGKILL to its process group)."""
     port = free_port()
     with log_path.open("w") as log:
-        process = subprocess.Popen([*command, str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen([*command, str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + ready_s
@@ -89,18 +88,21 @@ def ready(url: str) -> bool:
 def belongs(entities: Any, text: str, words_are_slices: bool) -> bool:
     """Whether every entity lies in TEXT (and, where WORDS_ARE_SLICES, its word is the text's slice)."""
     return isinstance(entities, list) and all(
-        0 <= e["start"] < e["end"] <= len(text) and (not words_are_slices or text[e["start"]:e["end"]] == e["word"])
-        for e in entities)
+        0 <= e["start"] < e["end"] <= len(text) and (not words_are_slices or text[e["start"] : e["end"]] == e["word"])
+        for e in entities
+    )
 
 
 def same_entities(got: Entities, expected: Entities) -> bool:
     exact = ("entity_group", "start", "end")
-    return ([[e[k] for k in exact] for e in got] == [[e[k] for k in exact] for e in expected]
-            and all(abs(g["score"] - e["score"]) <= 2e-4 for g, e in zip(got, expected) if e["score"] is not None))
+    return [[e[k] for k in exact] for e in got] == [[e[k] for k in exact] for e in expected] and all(
+        abs(g["score"] - e["score"]) <= 2e-4 for g, e in zip(got, expected) if e["score"] is not None
+    )
 
 
-async def load(url: str, texts: Sequence[str], expected: Optional[List[Entities]], concurrency: int,
-               time_cap_s: float) -> Dict[str, Any]:
+async def load(
+    url: str, texts: Sequence[str], expected: Optional[List[Entities]], concurrency: int, time_cap_s: float
+) -> Dict[str, Any]:
     """Closed-loop load: CONCURRENCY clients send TEXTS, one a request, each once."""
     latencies: List[float] = []
     failed = mixed_up = differs = 0
@@ -135,11 +137,20 @@ async def load(url: str, texts: Sequence[str], expected: Optional[List[Entities]
     answered = len(latencies)
     words = sum(len(text.split()) for text in texts[:answered])
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
-    return {"requests": len(texts), "answered": answered, "failed": failed + len(texts) - answered,
-            "mixed_up": mixed_up, "differ_from_offline": differs, "client_errors": errors, "seconds": round(seconds, 3),
-            "words_per_s": round(words / seconds, 1), "requests_per_s": round(answered / seconds, 2),
-            "p50_ms": round(quantiles[49] * 1000, 2), "p95_ms": round(quantiles[94] * 1000, 2),
-            "p99_ms": round(quantiles[98] * 1000, 2)}
+    return {
+        "requests": len(texts),
+        "answered": answered,
+        "failed": failed + len(texts) - answered,
+        "mixed_up": mixed_up,
+        "differ_from_offline": differs,
+        "client_errors": errors,
+        "seconds": round(seconds, 3),
+        "words_per_s": round(words / seconds, 1),
+        "requests_per_s": round(answered / seconds, 2),
+        "p50_ms": round(quantiles[49] * 1000, 2),
+        "p95_ms": round(quantiles[94] * 1000, 2),
+        "p99_ms": round(quantiles[98] * 1000, 2),
+    }
 
 
 def median_run(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -177,8 +188,10 @@ def main(
     import_code_paths(code_paths)
     docs = list(DocBin().from_disk(data_path).get_docs(spacy.blank("en").vocab))
     labels = sorted({ent.label_ for doc in docs for ent in doc.ents})
-    texts = {"sentence": spread_sample([sent.text for doc in docs for sent in doc.sents], sentences),
-             "document": spread_sample([doc.text for doc in docs], documents)}
+    texts = {
+        "sentence": spread_sample([sent.text for doc in docs for sent in doc.sents], sentences),
+        "document": spread_sample([doc.text for doc in docs], documents),
+    }
     levels = [int(level) for level in concurrency.split(",")]
     nlp = load_pipeline(str(model))
     offline: Dict[str, Dict[str, Any]] = {}
@@ -191,26 +204,63 @@ def main(
             annotated = list(nlp.pipe(kind_texts))
             seconds.append(time.perf_counter() - start)
         expected[kind] = [doc_entities(doc) for doc in annotated]
-        offline[kind] = {"texts": len(kind_texts), "words": words, "seconds": round(statistics.median(seconds), 3),
-                         "words_per_s": round(words / statistics.median(seconds), 1)}
+        offline[kind] = {
+            "texts": len(kind_texts),
+            "words": words,
+            "seconds": round(statistics.median(seconds), 3),
+            "words_per_s": round(words / statistics.median(seconds), 1),
+        }
         typer.echo(f"offline nlp.pipe, {kind}s: {offline[kind]['words_per_s']:,.0f} words/s", err=True)
     del nlp, annotated
     python, code = sys.executable, ["--code", code_paths] if code_paths else []
     commands = {
         "ours": [python, "-m", "annotate.serve", "--model", str(model), *code, "--port"],
-        "per_request_spacy": [python, "-m", "benchmarks.per_request_app", "--kind", "spacy", "--model", str(model),
-                              *code, "--port"],
-        "per_request_hf": [python, "-m", "benchmarks.per_request_app", "--kind", "hf", "--model", backbone,
-                           "--labels", ",".join(labels), "--port"],
+        "per_request_spacy": [
+            python,
+            "-m",
+            "benchmarks.per_request_app",
+            "--kind",
+            "spacy",
+            "--model",
+            str(model),
+            *code,
+            "--port",
+        ],
+        "per_request_hf": [
+            python,
+            "-m",
+            "benchmarks.per_request_app",
+            "--kind",
+            "hf",
+            "--model",
+            backbone,
+            "--labels",
+            ",".join(labels),
+            "--port",
+        ],
     }
     if ray_serve:
-        commands["ours_ray_serve"] = [python, "-m", "annotate.serve", "--model", str(model), *code, "--replicas", "1", "--cpus-per-replica", "1", "--port"]
+        commands["ours_ray_serve"] = [
+            python,
+            "-m",
+            "annotate.serve",
+            "--model",
+            str(model),
+            *code,
+            "--replicas",
+            "1",
+            "--cpus-per-replica",
+            "1",
+            "--port",
+        ]
     runs: Dict[str, Dict[str, Dict[int, List[Dict[str, Any]]]]] = {
-        name: {kind: {level: [] for level in levels} for kind in texts} for name in commands}
+        name: {kind: {level: [] for level in levels} for kind in texts} for name in commands
+    }
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
-        servers = {name: stack.enter_context(server(command, log_dir / f"{name}.log"))
-                   for name, command in commands.items()}
+        servers = {
+            name: stack.enter_context(server(command, log_dir / f"{name}.log")) for name, command in commands.items()
+        }
         for name, (url, _) in servers.items():  # warm-up: the kernels for every shape of the run
             for kind_texts in texts.values():
                 asyncio.run(load(url, kind_texts, None, 8, time_cap_s))
@@ -222,19 +272,38 @@ def main(
                         cpu_before = cpu_seconds(pid)
                         run = asyncio.run(load(url, kind_texts, checked, level, time_cap_s))
                         run["server_cpu_ms_per_request"] = round(
-                            (cpu_seconds(pid) - cpu_before) * 1000 / max(run["answered"], 1), 3)
+                            (cpu_seconds(pid) - cpu_before) * 1000 / max(run["answered"], 1), 3
+                        )
                         runs[name][kind][level].append(run)
-                        typer.echo(f"[{repetition + 1}/{repetitions}] {name:18} {kind:8} c={level:<3} "
-                                   f"{run['words_per_s']:>8,.0f} words/s p50 {run['p50_ms']:>8.1f} ms "
-                                   f"failed {run['failed']} mixed up {run['mixed_up']} "
-                                   f"differ from offline {run['differ_from_offline']}", err=True)
-    results = {name: {kind: {str(level): median_run(level_runs) for level, level_runs in by_level.items()}
-                      for kind, by_level in by_kind.items()} for name, by_kind in runs.items()}
+                        typer.echo(
+                            f"[{repetition + 1}/{repetitions}] {name:18} {kind:8} c={level:<3} "
+                            f"{run['words_per_s']:>8,.0f} words/s p50 {run['p50_ms']:>8.1f} ms "
+                            f"failed {run['failed']} mixed up {run['mixed_up']} "
+                            f"differ from offline {run['differ_from_offline']}",
+                            err=True,
+                        )
+    results = {
+        name: {
+            kind: {str(level): median_run(level_runs) for level, level_runs in by_level.items()}
+            for kind, by_level in by_kind.items()
+        }
+        for name, by_kind in runs.items()
+    }
     summary = targets(results, offline, levels)
-    report = {"command": " ".join(sys.argv), "machine": machine_info(), "offline_nlp_pipe": offline,
-              "servers": results, "targets": summary,
-              "runs": {name: {kind: {str(level): level_runs for level, level_runs in by_level.items()}
-                              for kind, by_level in by_kind.items()} for name, by_kind in runs.items()}}
+    report = {
+        "command": " ".join(sys.argv),
+        "machine": machine_info(),
+        "offline_nlp_pipe": offline,
+        "servers": results,
+        "targets": summary,
+        "runs": {
+            name: {
+                kind: {str(level): level_runs for level, level_runs in by_level.items()}
+                for kind, by_level in by_kind.items()
+            }
+            for name, by_kind in runs.items()
+        },
+    }
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     typer.echo(json.dumps(summary, indent=2))
 
@@ -245,14 +314,18 @@ def targets(results: Dict[str, Any], offline: Dict[str, Any], levels: List[int])
     ours, theirs = results["ours"]["sentence"], results["per_request_spacy"]["sentence"]
     summary: Dict[str, Any] = {}
     if 32 in levels:
-        summary["c32_sentence_ours_vs_offline"] = round(ours["32"]["words_per_s"] / offline["sentence"]["words_per_s"], 3)
+        summary["c32_sentence_ours_vs_offline"] = round(
+            ours["32"]["words_per_s"] / offline["sentence"]["words_per_s"], 3
+        )
         summary["c32_sentence_ours_vs_per_request"] = round(ours["32"]["words_per_s"] / theirs["32"]["words_per_s"], 3)
     if 1 in levels:
         summary["c1_sentence_p50_ours_vs_per_request"] = round(ours["1"]["p50_ms"] / theirs["1"]["p50_ms"], 3)
-    summary["failed"] = sum(r["failed"] for by_kind in results.values() for by_level in by_kind.values()
-                            for r in by_level.values())
-    summary["mixed_up"] = sum(r["mixed_up"] for by_kind in results.values() for by_level in by_kind.values()
-                              for r in by_level.values())
+    summary["failed"] = sum(
+        r["failed"] for by_kind in results.values() for by_level in by_kind.values() for r in by_level.values()
+    )
+    summary["mixed_up"] = sum(
+        r["mixed_up"] for by_kind in results.values() for by_level in by_kind.values() for r in by_level.values()
+    )
     return summary
 
 

@@ -18,6 +18,7 @@ head does not change the speed.
 `--token-objects` adds ours with spacy-transformers' own batching (`array_alignment = false`), the
 "before" of that change's A/B; `--only` runs just the variants named.
 """
+
 import json
 import platform
 import statistics
@@ -84,16 +85,24 @@ def hf_pipeline(backbone: str, tags: List[str], precision: str, gpu_id: int):
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     trained = "O" in AutoConfig.from_pretrained(backbone).id2label.values()
-    head = {} if trained else {"num_labels": len(tags), "id2label": dict(enumerate(tags)),
-                               "label2id": {tag: i for i, tag in enumerate(tags)}}
+    head = (
+        {}
+        if trained
+        else {
+            "num_labels": len(tags),
+            "id2label": dict(enumerate(tags)),
+            "label2id": {tag: i for i, tag in enumerate(tags)},
+        }
+    )
     model = AutoModelForTokenClassification.from_pretrained(
         backbone,
         **head,
         torch_dtype={"fp16": torch.float16, "bf16_weights": torch.bfloat16}.get(precision, torch.float32),
     )
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    return pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple",
-                    device=gpu_id)
+    return pipeline(
+        "token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple", device=gpu_id
+    )
 
 
 def hf_runner(backbone: str, tags: List[str], precision: str, gpu_id: int, batch_size: Optional[int]) -> Runner:
@@ -106,9 +115,17 @@ def hf_runner(backbone: str, tags: List[str], precision: str, gpu_id: int, batch
     return run
 
 
-def variants(model: str, backbone: str, tags: List[str], gpu_id: int, batch_size: Optional[int],
-             texts: List[str], sentences: List[str], token_objects: bool = False,
-             only: Sequence[str] = ()) -> Dict[str, Tuple[Runner, List[str]]]:
+def variants(
+    model: str,
+    backbone: str,
+    tags: List[str],
+    gpu_id: int,
+    batch_size: Optional[int],
+    texts: List[str],
+    sentences: List[str],
+    token_objects: bool = False,
+    only: Sequence[str] = (),
+) -> Dict[str, Tuple[Runner, List[str]]]:
     """Each variant's runner and inputs; with TOKEN_OBJECTS also ours with spacy-transformers' own
     batching (`array_alignment = false`), the before of an A/B; with ONLY just the variants named."""
     low = "fp16" if gpu_id >= 0 else "bf16"
@@ -122,8 +139,10 @@ def variants(model: str, backbone: str, tags: List[str], gpu_id: int, batch_size
         makers[f"hf_pipeline_{precision}"] = (partial(hf_runner, backbone, tags, precision, gpu_id, batch_size), texts)
     makers["hf_pipeline_fp32_sentences"] = (makers["hf_pipeline_fp32"][0], sentences)
     if low in precisions and gpu_id < 0:
-        makers["hf_pipeline_bf16_weights"] = (partial(hf_runner, backbone, tags, "bf16_weights", gpu_id, batch_size),
-                                              texts)
+        makers["hf_pipeline_bf16_weights"] = (
+            partial(hf_runner, backbone, tags, "bf16_weights", gpu_id, batch_size),
+            texts,
+        )
     unknown = set(only) - set(makers)
     if unknown:
         raise SetupError(f"--only: no variant {', '.join(sorted(unknown))}; the variants: {', '.join(makers)}")
@@ -171,10 +190,13 @@ def compute_limit(backbone: str, texts: List[str], gpu_id: int) -> Dict[str, flo
         runs += 1
     if gpu_id >= 0:
         torch.cuda.synchronize()
-    flops = runs * 2 * 2048 ** 3 / (time.perf_counter() - start)
-    return {"fp32_gflops": round(flops / 1e9, 1), "wordpieces": wordpieces,
-            "mflop_per_wordpiece": round(flop_per_wordpiece / 1e6, 2),
-            "seconds_at_the_limit": round(wordpieces * flop_per_wordpiece / flops, 3)}
+    flops = runs * 2 * 2048**3 / (time.perf_counter() - start)
+    return {
+        "fp32_gflops": round(flops / 1e9, 1),
+        "wordpieces": wordpieces,
+        "mflop_per_wordpiece": round(flop_per_wordpiece / 1e6, 2),
+        "seconds_at_the_limit": round(wordpieces * flop_per_wordpiece / flops, 3),
+    }
 
 
 @app.command()
@@ -184,14 +206,21 @@ def main(
     backbone: str = typer.Argument(..., help="HF model directory (or name) for the reference pipeline"),
     output_path: Path = typer.Option(..., "--output", "-o", help="JSON with words/s per variant"),
     repetitions: int = typer.Option(3, "--repetitions", "-r", help="Alternating runs per variant"),
-    hf_batch_size: Optional[int] = typer.Option(None, "--hf-batch-size", help="The HF pipeline's batch size "
-                                                "(default: its own, one text a call)"),
+    hf_batch_size: Optional[int] = typer.Option(
+        None, "--hf-batch-size", help="The HF pipeline's batch size (default: its own, one text a call)"
+    ),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id for both pipelines, or -1 for the CPU"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files to import first"),
-    token_objects: bool = typer.Option(False, "--token-objects", help="Also run ours with spacy-transformers' own "
-                                       "batching (array_alignment = false): ours_<precision>_token_objects"),
-    only: str = typer.Option("", help="Comma-separated variants to run (default: all), e.g. "
-                             "ours_fp32,ours_fp32_token_objects,hf_pipeline_fp32"),
+    token_objects: bool = typer.Option(
+        False,
+        "--token-objects",
+        help="Also run ours with spacy-transformers' own "
+        "batching (array_alignment = false): ours_<precision>_token_objects",
+    ),
+    only: str = typer.Option(
+        "",
+        help="Comma-separated variants to run (default: all), e.g. ours_fp32,ours_fp32_token_objects,hf_pipeline_fp32",
+    ),
 ):
     import_code_paths(code_paths)
     with one_line_errors():
@@ -205,8 +234,17 @@ def main(
     # A new HF head's tags: the data's entity types.
     tags = iob2_tags(sorted({ent.label_ for doc in docs for ent in doc.ents}))
     with one_line_errors():
-        runs = variants(model, backbone, tags, gpu_id, hf_batch_size, texts, sentences, token_objects,
-                        [name for name in only.split(",") if name])
+        runs = variants(
+            model,
+            backbone,
+            tags,
+            gpu_id,
+            hf_batch_size,
+            texts,
+            sentences,
+            token_objects,
+            [name for name in only.split(",") if name],
+        )
     for run, inputs in runs.values():
         run(inputs[:8])  # warm-up
     seconds: Dict[str, List[float]] = {name: [] for name in runs}

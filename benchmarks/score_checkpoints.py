@@ -1,6 +1,7 @@
 """Score every checkpoint a training kept (train.py --keep-checkpoints: step-<N> directories) on a
 split with the pipeline's seqeval scorer, and write the test F1 curve against the training's wall
 time (from its train_log.jsonl), so the benchmark can say when ours passes the reference."""
+
 import json
 from pathlib import Path
 
@@ -31,8 +32,14 @@ def main(
     for step in steps:
         nlp = spacy.load(checkpoints / f"step-{step}", config={"components.transformer.model.cpu_bf16": False})
         scores = nlp.evaluate(list(Corpus(str(data_path))(nlp)))
-        curve.append({"step": step, "seconds": logged[step]["seconds"],
-                      "dev_f1": logged[step]["scores"].get("seqeval_f"), "f1": scores["seqeval_f"]})
+        curve.append(
+            {
+                "step": step,
+                "seconds": logged[step]["seconds"],
+                "dev_f1": logged[step]["scores"].get("seqeval_f"),
+                "f1": scores["seqeval_f"],
+            }
+        )
         typer.echo(f"step {step}: {logged[step]['seconds']:.0f} s, F1 {scores['seqeval_f']:.4f}")
     atomic_write_text(output_path, json.dumps(curve, indent=2) + "\n")
 

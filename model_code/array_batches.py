@@ -4,6 +4,7 @@ computes by walking a `Token` object a token, several times a batch, here from t
 character offsets (`doc.to_array`), the tokenizer's offset mapping and NumPy indexing over the batch.
 Bundled into the model package: it imports only installed libraries.
 """
+
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -54,13 +55,22 @@ class WindowTokens:
     @classmethod
     def of(cls, flat_spans: List[Span], offsets: Dict[Doc, int]) -> "WindowTokens":
         first_position, n_tokens, first_char, n_chars = numpy.array(
-            [(offsets[span.doc] + span.start, len(span), span.start_char, span.end_char - span.start_char)
-             for span in flat_spans], dtype="int64").T
+            [
+                (offsets[span.doc] + span.start, len(span), span.start_char, span.end_char - span.start_char)
+                for span in flat_spans
+            ],
+            dtype="int64",
+        ).T
         tokens = numpy.concatenate([doc.to_array([ORTH, SPACY, IDX, LENGTH]) for doc in offsets])
         spacy, idx, length = tokens[:, 1:].astype("int64").T
         return cls(
-            orth=tokens[:, 0], spacy=spacy, idx=idx, length=length,
-            n_tokens=n_tokens, first_char=first_char, n_chars=n_chars,
+            orth=tokens[:, 0],
+            spacy=spacy,
+            idx=idx,
+            length=length,
+            n_tokens=n_tokens,
+            first_char=first_char,
+            n_chars=n_chars,
             positions=expand_ranges(first_position, n_tokens),
             window=numpy.repeat(numpy.arange(len(flat_spans)), n_tokens),
         )
@@ -114,8 +124,9 @@ class ArrayTransformerBatch(FullTransformerBatch):
         for key, output in self.model_output.items():
             if isinstance(output, torch.Tensor):
                 outputs[key] = torch2xp(output)
-            elif isinstance(output, tuple) and all(isinstance(t, torch.Tensor) and len(t) == len(self.wordpieces)
-                                                   for t in output):
+            elif isinstance(output, tuple) and all(
+                isinstance(t, torch.Tensor) and len(t) == len(self.wordpieces) for t in output
+            ):
                 outputs[key] = [torch2xp(t) for t in output]
         split, row, wordpieces_before = [], 0, 0
         for doc_spans in self.spans:
@@ -125,7 +136,7 @@ class ArrayTransformerBatch(FullTransformerBatch):
             offset = self.doc_token_offsets[doc_spans[0].doc]
             rows = slice(row, row + len(doc_spans))
             wordpieces = self.wordpieces[rows]
-            align = self.align[offset + doc_spans[0].start:offset + doc_spans[-1].end]
+            align = self.align[offset + doc_spans[0].start : offset + doc_spans[-1].end]
             align.data = align.data - wordpieces_before
             model_output = ModelOutput()
             for key, output in outputs.items():
@@ -147,8 +158,12 @@ def array_forward_with(tokenize: Callable) -> Callable[[Model, List[Doc], bool],
         flat_spans = [span for doc_spans in nested_spans for span in doc_spans]
         # spacy-transformers' own path where it fails or has nothing to do: its error for a tokenizer
         # without a padding token.
-        if (not flat_spans or not isinstance(tokenizer, PreTrainedTokenizerFast) or tokenizer.pad_token_id is None
-                or any(len(s) == 0 for s in flat_spans)):
+        if (
+            not flat_spans
+            or not isinstance(tokenizer, PreTrainedTokenizerFast)
+            or tokenizer.pad_token_id is None
+            or any(len(s) == 0 for s in flat_spans)
+        ):
             return spacy_transformers_forward(model, docs, is_train)
         maybe_flush_pytorch_cache(chance=model.attrs.get("flush_cache_chance", 0))
         offsets = doc_offsets(flat_spans)
@@ -157,8 +172,9 @@ def array_forward_with(tokenize: Callable) -> Callable[[Model, List[Doc], bool],
         align = offset_alignment(windows, offset_mapping)
         wordpieces, align = truncate_oversize_splits(wordpieces, align, tokenizer.model_max_length)
         model_output, backprop_tensors = model.layers[0](wordpieces, is_train)
-        output = ArrayTransformerBatch(spans=nested_spans, wordpieces=wordpieces, model_output=model_output,
-                                       align=align, doc_token_offsets=offsets)
+        output = ArrayTransformerBatch(
+            spans=nested_spans, wordpieces=wordpieces, model_output=model_output, align=align, doc_token_offsets=offsets
+        )
 
         def backprop(d_output: FullTransformerBatch) -> List[Doc]:
             backprop_tensors(d_output.model_output)

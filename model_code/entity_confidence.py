@@ -4,6 +4,7 @@ and those on the `boundary` tokens on each side, from the NER's step model over 
 is kept in `ent._.raw_confidence` and mapped by an isotonic regression fitted on dev (calibrate.py,
 stored as calibration.json). Bundled into the model package: it imports only installed libraries.
 """
+
 import json
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -45,10 +46,10 @@ def greedy_features(ents_per_doc: List[Tuple[Span, ...]], lengths: List[int], cl
                 actions[first] = class_index[f"U-{ent.label_}"]
                 continue
             actions[first] = class_index[f"B-{ent.label_}"]
-            actions[first + 1:last] = class_index[f"I-{ent.label_}"]
+            actions[first + 1 : last] = class_index[f"I-{ent.label_}"]
             actions[last] = class_index[f"L-{ent.label_}"]
-            ids[first + 1:last + 1, 1] = first
-            ids[first + 1:last + 1, 2] = numpy.arange(first, last)
+            ids[first + 1 : last + 1, 1] = first
+            ids[first + 1 : last + 1, 2] = numpy.arange(first, last)
         offset += length
     return ids, actions
 
@@ -113,8 +114,13 @@ class EntityConfidence:
         """The NER's step model over DOCS, reading the token vectors TOKVECS."""
         ner = self.nlp.get_pipe(self.ner_name)
         _, lower, upper = ner.model.layers
-        return ParserStepModel(docs, [precomputed(tokvecs), lower, upper], has_upper=ner.model.attrs["has_upper"],
-                               unseen_classes=ner.model.attrs["unseen_classes"], train=False)
+        return ParserStepModel(
+            docs,
+            [precomputed(tokvecs), lower, upper],
+            has_upper=ner.model.attrs["has_upper"],
+            unseen_classes=ner.model.attrs["unseen_classes"],
+            train=False,
+        )
 
     def greedy_log_probs(self, docs: List[Doc], ents_per_doc: List[Tuple[Span, ...]], tokvecs) -> numpy.ndarray:
         """log P of the action the greedy NER took at each token, under the NER's own softmax: all
@@ -140,7 +146,7 @@ class EntityConfidence:
             if not is_train:
                 ends = numpy.cumsum([len(doc) for doc in docs])
                 for doc, end in zip(docs, ends.tolist()):
-                    remembered[doc] = tokvecs[end - len(doc):end]
+                    remembered[doc] = tokvecs[end - len(doc) : end]
             return tokvecs, backprop
 
         self.token_vectors_forward = forward

@@ -5,6 +5,7 @@ norm, bias-corrected moments kept in the thinc optimizer, decoupled weight decay
 Adam kernel. Any other optimizer setting, or a GPU, takes thinc's own loop.
 Bundled into the model package: it imports only installed libraries.
 """
+
 from typing import Any, Callable
 
 import numpy
@@ -17,8 +18,13 @@ from torch.optim.adam import adam as torch_adam
 def uses_fused_adam(optimizer: Optimizer) -> bool:
     """Whether fused_adam_update does what thinc's Optimizer would: Adam with decoupled weight
     decay, no parameter averages, no RAdam."""
-    return (optimizer.b1 > 0 and optimizer.b2 > 0 and not optimizer.use_radam and optimizer.averages is None
-            and (optimizer.L2_is_weight_decay or optimizer.L2 == 0))
+    return (
+        optimizer.b1 > 0
+        and optimizer.b2 > 0
+        and not optimizer.use_radam
+        and optimizer.averages is None
+        and (optimizer.L2_is_weight_decay or optimizer.L2 == 0)
+    )
 
 
 def fused_adam_update(shim: Any, optimizer: Optimizer) -> None:
@@ -52,12 +58,20 @@ def fused_adam_update(shim: Any, optimizer: Optimizer) -> None:
             # torch divides sqrt(mom2) by sqrt(1 - b2^t) before adding eps: the same step with
             # eps / sqrt(1 - b2^t). The moments stay in thinc's optimizer; torch works on views.
             torch_adam(
-                group, [p.grad for _, p in keyed],
+                group,
+                [p.grad for _, p in keyed],
                 [torch.from_numpy(optimizer.mom1[key]).view_as(p) for key, p in keyed],
                 [torch.from_numpy(optimizer.mom2[key]).view_as(p) for key, p in keyed],
-                [], [torch.tensor(float(count - 1)) for _ in group], fused=True,
-                amsgrad=False, maximize=False, beta1=b1, beta2=b2, lr=learn_rate, weight_decay=0.0,
-                eps=optimizer.eps / (1 - b2 ** count) ** 0.5,
+                [],
+                [torch.tensor(float(count - 1)) for _ in group],
+                fused=True,
+                amsgrad=False,
+                maximize=False,
+                beta1=b1,
+                beta2=b2,
+                lr=learn_rate,
+                weight_decay=0.0,
+                eps=optimizer.eps / (1 - b2**count) ** 0.5,
             )
         if optimizer.L2:
             torch._foreach_mul_(params, 1 - learn_rate * optimizer.L2)

@@ -4,6 +4,7 @@ batch of full windows and short tail windows is about half padding. Sorted by wo
 windows run in groups padded to their own longest, and the outputs are put back in the original order
 and shape. Bundled into the model package: it imports only installed libraries.
 """
+
 from typing import Any, Callable, List, Tuple
 
 import numpy
@@ -24,7 +25,7 @@ def groups_by_length(lengths: List[int], max_padded: int) -> List[numpy.ndarray]
     groups, start = [], 0
     while start < len(order):
         rows = max(1, max_padded // max(1, lengths[order[start]]))
-        groups.append(order[start:start + rows])
+        groups.append(order[start : start + rows])
         start += rows
     return groups
 
@@ -71,8 +72,10 @@ def merge_outputs(groups: List[Tuple[torch.Tensor, Any]], n_rows: int, width: in
     merged = {}
     for key, value in groups[0][1].items():
         if isinstance(value, tuple):  # hidden_states: one tensor per layer
-            merged[key] = tuple(scatter([(index, output[key][layer]) for index, output in groups], n_rows, width)
-                                for layer in range(len(value)))
+            merged[key] = tuple(
+                scatter([(index, output[key][layer]) for index, output in groups], n_rows, width)
+                for layer in range(len(value))
+            )
         else:
             merged[key] = scatter([(index, output[key]) for index, output in groups], n_rows, width)
     return type(groups[0][1])(**merged)
@@ -82,8 +85,9 @@ def predict_only(_: Any) -> None:
     raise ValueError("conll.TransformerModel.v1: the grouped forward pass is for inference only")
 
 
-def predict_by_length(model: Model, wordpieces: WordpieceBatch, precision: Any, max_padded: int,
-                      one_batch: bool) -> ModelOutput:
+def predict_by_length(
+    model: Model, wordpieces: WordpieceBatch, precision: Any, max_padded: int, one_batch: bool
+) -> ModelOutput:
     """The outputs for WORDPIECES, in eval mode without gradients, in groups of at most MAX_PADDED
     padded wordpieces (ONE_BATCH: all at once), on the weights PRECISION gives (one copy a batch)."""
     hf_model = model.shims[0]._model
@@ -102,8 +106,9 @@ def predict_by_length(model: Model, wordpieces: WordpieceBatch, precision: Any, 
         hf_model.train()
 
 
-def train_by_length(model: Model, wordpieces: WordpieceBatch, precision: Any,
-                    train_fill: float) -> Tuple[ModelOutput, Callable]:
+def train_by_length(
+    model: Model, wordpieces: WordpieceBatch, precision: Any, train_fill: float
+) -> Tuple[ModelOutput, Callable]:
     """The training forward pass on groups cut where a window is shorter than TRAIN_FILL times its
     group's longest; the gradient goes back to each group's own backward pass."""
     groups, backprops = [], []
@@ -140,8 +145,9 @@ def by_length(precision: Any, max_padded: int, train_fill: float) -> Forward:
         # Attention maps have two sequence axes: with output_attentions, one padded batch.
         attentions = model.shims[0]._model.config.output_attentions
         if not is_train:
-            return predict_by_length(model, wordpieces, precision, max_padded,
-                                     attentions or max_padded <= 0), predict_only
+            return predict_by_length(
+                model, wordpieces, precision, max_padded, attentions or max_padded <= 0
+            ), predict_only
         # The gradient scaler unscales all gradients after each backward pass: with it, one batch.
         if attentions or train_fill <= 0 or model.shims[0]._grad_scaler._enabled:
             return precision.train_forward(model, wordpieces, is_train)

@@ -4,6 +4,7 @@ window grid, so the entities are those of the whole text at once, with memory bo
 `pipe_texts(nlp, texts)` is `nlp.pipe` that sends the long ones there. Bundled into the model
 package: it imports only installed libraries.
 """
+
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 from spacy.language import Language
@@ -39,10 +40,16 @@ def annotate_long_text(nlp: Language, text: str, piece_tokens: int = 2_500, cont
         piece_end = min(len(whole), piece_start + piece_tokens)
         # A Doc goes through the pipeline without the length check of nlp(text).
         piece = nlp(whole[piece_start:piece_end].as_doc())
-        cut = len(whole) if piece_end == len(whole) else cut_position(
-            piece, piece_start, start, piece_end - context_tokens)
-        entities += [(piece_start + e.start, piece_start + e.end, e.label_, e._.confidence if has_confidence else None)
-                     for e in piece.ents if start <= piece_start + e.start and piece_start + e.end <= cut]
+        cut = (
+            len(whole)
+            if piece_end == len(whole)
+            else cut_position(piece, piece_start, start, piece_end - context_tokens)
+        )
+        entities += [
+            (piece_start + e.start, piece_start + e.end, e.label_, e._.confidence if has_confidence else None)
+            for e in piece.ents
+            if start <= piece_start + e.start and piece_start + e.end <= cut
+        ]
         start = cut
     whole.ents = [Span(whole, ent_start, ent_end, label=label) for ent_start, ent_end, label, _ in entities]
     if has_confidence:
@@ -53,6 +60,7 @@ def annotate_long_text(nlp: Language, text: str, piece_tokens: int = 2_500, cont
 
 def pipe_texts(nlp: Language, texts: Iterable[str], batch_size: int = 32) -> Iterator[Doc]:
     """`nlp.pipe(texts)`, with the texts over `nlp.max_length` annotated by `annotate_long_text`."""
+
     def short_texts() -> Iterator[Tuple[str, Optional[str]]]:
         for text in texts:
             # A long text passes through nlp.pipe as an empty Doc, so that it comes out in its turn.

@@ -4,6 +4,7 @@
 fp32; otherwise fp32, or fp16 autocast on CUDA with mixed_precision. The stored weights and the
 optimizer stay fp32. Bundled into the model package: it imports only installed libraries.
 """
+
 from itertools import chain
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 

@@ -8,6 +8,7 @@ entity-level precision/recall/F1 (micro overall and per type) and token accuracy
 A predicted entity that crosses a gold sentence boundary is split there into one entity per
 sentence, as seqeval sees per-sentence sequences; CoNLL gold entities never cross sentences.
 """
+
 from typing import Any, Callable, Dict, Iterable, List, Tuple
 
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score

@@ -4,6 +4,7 @@ from arrays (array_batches.py with wordpiece_encoding.py) and one fused AdamW st
 registers its piece, looked up here when the model is built: `spacy package --code` loads each file
 alone. Bundled into the model package: it imports only installed libraries.
 """
+
 from typing import Callable, List
 
 from spacy.tokens import Doc

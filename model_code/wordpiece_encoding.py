@@ -4,6 +4,7 @@ tokenizer's __call__ builds. A BERT tokenizer encodes a text word by word, so ea
 batch is encoded once and the windows are put together from its wordpieces; any other tokenizer gets
 the windows' texts whole. Bundled into the model package: it imports only installed libraries.
 """
+
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -52,14 +53,14 @@ def doc_texts(docs: List[Doc]) -> List[str]:
     with_space = tokens[:, 1].astype("int64")
     pieces = numpy.array(words + [word + " " for word in words], dtype=object)[word_index + len(words) * with_space]
     ends = numpy.cumsum([len(array) for array in arrays])
-    return ["".join(pieces[end - len(array):end].tolist()) for array, end in zip(arrays, ends)]
+    return ["".join(pieces[end - len(array) : end].tolist()) for array, end in zip(arrays, ends)]
 
 
 def span_texts(spans: List[Span]) -> List[str]:
     """Each span's text, as a slice of its Doc's text (doc_texts)."""
     docs = list(dict.fromkeys(span.doc for span in spans))
     texts = dict(zip(docs, doc_texts(docs)))
-    return [texts[span.doc][span.start_char:span.end_char] for span in spans]
+    return [texts[span.doc][span.start_char : span.end_char] for span in spans]
 
 
 @dataclass
@@ -105,24 +106,29 @@ def word_by_word(backend: Tokenizer) -> Optional[SpecialTokens]:
     """The special tokens around a single text when BACKEND encodes a text as its space-separated words'
     encodings end to end: BERT's normalizer and pre-tokenizer work within words and split at
     whitespace, and no added token holds or strips whitespace. None for any other tokenizer."""
-    if not (isinstance(backend.normalizer, (normalizers.BertNormalizer, type(None)))
-            and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
-            and isinstance(backend.post_processor, (processors.TemplateProcessing, processors.BertProcessing, type(None)))):
+    if not (
+        isinstance(backend.normalizer, (normalizers.BertNormalizer, type(None)))
+        and isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+        and isinstance(backend.post_processor, (processors.TemplateProcessing, processors.BertProcessing, type(None)))
+    ):
         return None
-    if any(token.lstrip or token.rstrip or any(char.isspace() for char in token.content)
-           for token in backend.get_added_tokens_decoder().values()):
+    if any(
+        token.lstrip or token.rstrip or any(char.isspace() for char in token.content)
+        for token in backend.get_added_tokens_decoder().values()
+    ):
         return None
     probe = backend.encode("a", add_special_tokens=True)
     special = numpy.asarray(probe.special_tokens_mask, dtype=bool)
     text = numpy.flatnonzero(~special)
-    if len(text) == 0 or special[text[0]:text[-1] + 1].any():
+    if len(text) == 0 or special[text[0] : text[-1] + 1].any():
         return None
 
     def part(where: slice) -> Tuple[List[int], List[int], List[Tuple[int, int]]]:
         return probe.ids[where], probe.type_ids[where], probe.offsets[where]
 
-    return SpecialTokens(before=part(slice(0, text[0])), after=part(slice(text[-1] + 1, None)),
-                         text_type_id=probe.type_ids[text[0]])
+    return SpecialTokens(
+        before=part(slice(0, text[0])), after=part(slice(text[-1] + 1, None)), text_type_id=probe.type_ids[text[0]]
+    )
 
 
 def encode_words(backend: Tokenizer, words: List[str]) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
@@ -133,12 +139,15 @@ def encode_words(backend: Tokenizer, words: List[str]) -> Tuple[numpy.ndarray, n
     # Each word's first character in the words joined by spaces: the texts below, end to end.
     word_starts = numpy.cumsum(lengths + 1) - (lengths + 1)
     text_starts = word_starts[::WORDS_PER_TEXT]
-    texts = [" ".join(words[i:i + WORDS_PER_TEXT]) for i in range(0, len(words), WORDS_PER_TEXT)]
+    texts = [" ".join(words[i : i + WORDS_PER_TEXT]) for i in range(0, len(words), WORDS_PER_TEXT)]
     encodings = backend.encode_batch(texts, add_special_tokens=False)
     sizes = numpy.fromiter(map(len, encodings), dtype="int64", count=len(encodings))
     ids = numpy.fromiter(chain.from_iterable(encoding.ids for encoding in encodings), dtype="int64", count=sizes.sum())
-    offsets = numpy.fromiter(chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings)),
-                             dtype="int64", count=sizes.sum() * 2).reshape(-1, 2)
+    offsets = numpy.fromiter(
+        chain.from_iterable(chain.from_iterable(encoding.offsets for encoding in encodings)),
+        dtype="int64",
+        count=sizes.sum() * 2,
+    ).reshape(-1, 2)
     offsets += numpy.repeat(text_starts, sizes)[:, None]
     word = numpy.searchsorted(word_starts, offsets[:, 0], side="right") - 1
     offsets -= word_starts[word][:, None]
@@ -164,7 +173,7 @@ def encode_by_word(backend: Tokenizer, spans: List[Span], windows: Any, specials
     word_text = text_index[word_first]
     joined: Dict[str, int] = {}
     for w in numpy.flatnonzero(word_tokens > 1).tolist():
-        text = "".join(texts[i] for i in text_index[word_first[w]:word_first[w] + word_tokens[w]].tolist())
+        text = "".join(texts[i] for i in text_index[word_first[w] : word_first[w] + word_tokens[w]].tolist())
         word_text[w] = joined.setdefault(text, len(texts) + len(joined))
     texts += list(joined)
     distinct, word_distinct = numpy.unique(word_text, return_inverse=True)
@@ -178,21 +187,31 @@ def encode_by_word(backend: Tokenizer, spans: List[Span], windows: Any, specials
     n_before, n_after = len(specials.before[0]), len(specials.after[0])
     sizes = text_sizes + n_before + n_after
     window_starts = numpy.cumsum(sizes) - sizes
-    encoded = Encoded(sizes=sizes, ids=numpy.empty(sizes.sum(), dtype="int64"),
-                      type_ids=numpy.full(sizes.sum(), specials.text_type_id, dtype="int64"),
-                      offsets=numpy.empty((sizes.sum(), 2), dtype="int64"))
+    encoded = Encoded(
+        sizes=sizes,
+        ids=numpy.empty(sizes.sum(), dtype="int64"),
+        type_ids=numpy.full(sizes.sum(), specials.text_type_id, dtype="int64"),
+        offsets=numpy.empty((sizes.sum(), 2), dtype="int64"),
+    )
     in_text = expand_ranges(window_starts + n_before, text_sizes)
     encoded.ids[in_text] = piece_ids[pieces]
     encoded.offsets[in_text] = piece_offsets[pieces] + numpy.repeat(word_char, word_pieces)[:, None]
-    for (ids, type_ids, offsets), first in ((specials.before, window_starts),
-                                            (specials.after, window_starts + n_before + text_sizes)):
+    for (ids, type_ids, offsets), first in (
+        (specials.before, window_starts),
+        (specials.after, window_starts + n_before + text_sizes),
+    ):
         for i, (special_id, type_id, offset) in enumerate(zip(ids, type_ids, offsets)):
-            encoded.ids[first + i], encoded.type_ids[first + i], encoded.offsets[first + i] = special_id, type_id, offset
+            encoded.ids[first + i], encoded.type_ids[first + i], encoded.offsets[first + i] = (
+                special_id,
+                type_id,
+                offset,
+            )
     return encoded
 
 
-def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span],
-             windows: Any) -> Tuple[WordpieceBatch, numpy.ndarray]:
+def tokenize(
+    tokenizer: PreTrainedTokenizerFast, spans: List[Span], windows: Any
+) -> Tuple[WordpieceBatch, numpy.ndarray]:
     """The spans' wordpieces, padded to the longest, and their character offsets: what
     spacy-transformers' huggingface_tokenize gives, from the Rust tokenizer's encodings (the
     tokenizer's __call__ spends more time building Python lists than tokenizing): of each
@@ -200,15 +219,19 @@ def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span],
     texts (SPANS, whose tokens WINDOWS holds). The encodings come unpadded, and are padded here in
     arrays: padding in the tokenizer costs it a quarter more time, and twice as many Python objects
     for the offsets."""
-    tokenizer.set_truncation_and_padding(PaddingStrategy.DO_NOT_PAD, TruncationStrategy.DO_NOT_TRUNCATE, None, 0,
-                                         None, None)
+    tokenizer.set_truncation_and_padding(
+        PaddingStrategy.DO_NOT_PAD, TruncationStrategy.DO_NOT_TRUNCATE, None, 0, None, None
+    )
     backend = tokenizer.backend_tokenizer
     specials = word_by_word(backend)
     encoded = encode_by_word(backend, spans, windows, specials) if specials else encode_windows(backend, spans)
     columns = numpy.arange(encoded.sizes.max())
     # Each row's real wordpieces, in order: row-major assignment through this mask fills them in.
-    real = (columns < encoded.sizes[:, None]) if tokenizer.padding_side == "right" else (
-        columns >= columns.size - encoded.sizes[:, None])
+    real = (
+        (columns < encoded.sizes[:, None])
+        if tokenizer.padding_side == "right"
+        else (columns >= columns.size - encoded.sizes[:, None])
+    )
 
     def padded(values: numpy.ndarray, pad: int) -> numpy.ndarray:
         array = numpy.full((*real.shape, *values.shape[1:]), pad, dtype="int64")
@@ -221,8 +244,11 @@ def tokenize(tokenizer: PreTrainedTokenizerFast, spans: List[Span],
         input_ids=input_ids,
         attention_mask=real.astype("float32"),
         lengths=(input_ids != tokenizer.pad_token_id).sum(axis=1).tolist(),
-        token_type_ids=(padded(encoded.type_ids, tokenizer.pad_token_type_id)
-                        if "token_type_ids" in tokenizer.model_input_names else None),
+        token_type_ids=(
+            padded(encoded.type_ids, tokenizer.pad_token_type_id)
+            if "token_type_ids" in tokenizer.model_input_names
+            else None
+        ),
     )
     return wordpieces, padded(encoded.offsets, 0)
 

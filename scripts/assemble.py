@@ -1,5 +1,6 @@
 """Assemble the release pipeline: the trained pipeline plus the "entity_confidence" component
 after its NER, so that every entity carries `ent._.confidence`."""
+
 from pathlib import Path
 
 import spacy

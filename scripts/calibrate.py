@@ -1,6 +1,7 @@
 """Calibrate the entity confidences on the dev split: fit an isotonic regression of "the entity is
 right" (its span and label match a gold entity) on the NER's probability of it, store the map in the
 pipeline's entity_confidence component, and save the calibrated pipeline. Test is never used."""
+
 import json
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def main(
     nlp.to_disk(output_dir)
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
     before, after = summary["uncalibrated"], summary["calibrated"]
-    typer.echo(f"Calibrated on {before['entities']} dev entities ({summary['points']} points): "
-               f"ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}")
+    typer.echo(
+        f"Calibrated on {before['entities']} dev entities ({summary['points']} points): "
+        f"ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}"
+    )
 
 
 if __name__ == "__main__":

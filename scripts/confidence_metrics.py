@@ -6,6 +6,7 @@ With 10 equal-width bins: the expected calibration error (ECE: the entity-weight
 between a bin's mean confidence and its precision), the reliability table, the Brier score, and
 the AUROC of the confidence for right against wrong entities (how well it ranks them).
 """
+
 from typing import Any, Dict, List, Optional
 
 import numpy
@@ -45,12 +46,14 @@ def reliability_table(confidence: numpy.ndarray, right: numpy.ndarray) -> List[D
     for k in range(N_BINS):
         in_bin = bins == k
         n = int(in_bin.sum())
-        table.append({
-            "range": [k / N_BINS, (k + 1) / N_BINS],
-            "entities": n,
-            "mean_confidence": float(confidence[in_bin].mean()) if n else None,
-            "precision": float(right[in_bin].mean()) if n else None,
-        })
+        table.append(
+            {
+                "range": [k / N_BINS, (k + 1) / N_BINS],
+                "entities": n,
+                "mean_confidence": float(confidence[in_bin].mean()) if n else None,
+                "precision": float(right[in_bin].mean()) if n else None,
+            }
+        )
     return table
 
 

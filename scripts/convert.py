@@ -15,6 +15,7 @@ A Doc is a group of up to `n_sents` consecutive sentences of one document, with 
 starts set, so the transformer sees context across sentences. Besides the DocBins, corpus.json
 records the source, the labels, each split's tag scheme and counts, for the model card.
 """
+
 import json
 import re
 from collections import Counter
@@ -99,8 +100,12 @@ def tag_column_index(path: Path, line_no: int, columns: int, tag_column: int) ->
     if columns < 2:
         raise ConllFormatError(path, line_no, "one column only: expected the word and its tag")
     if not 0 < index < columns:
-        raise ConllFormatError(path, line_no, f"tag column {tag_column} is not among this file's {columns} "
-                               "columns after the word (0 is the word; -1, the default, is the last)")
+        raise ConllFormatError(
+            path,
+            line_no,
+            f"tag column {tag_column} is not among this file's {columns} "
+            "columns after the word (0 is the word; -1, the default, is the last)",
+        )
     return index
 
 
@@ -133,8 +138,9 @@ def read_conll_file(path: Path, tag_column: int = -1, scheme: str = "auto") -> S
             layout = (len(fields), tag_column_index(path, line_no, len(fields), tag_column), line_no)
         columns, tag_index, layout_line = layout
         if len(fields) != columns:
-            raise ConllFormatError(path, line_no, f"{len(fields)} columns where line {layout_line} has {columns}: "
-                                   f"{line.strip()!r}")
+            raise ConllFormatError(
+                path, line_no, f"{len(fields)} columns where line {layout_line} has {columns}: {line.strip()!r}"
+            )
         tag = fields[tag_index]
         if not TAG.fullmatch(tag):
             raise ConllFormatError(path, line_no, f"{bad_tag(tag)} (column {tag_index})")
@@ -173,8 +179,17 @@ def scheme_signs(sentences: Sequence[Sentence]) -> Dict[str, List[Sign]]:
         for i, tag in enumerate(sentence.tags):
             previous = sentence.tags[i - 1] if i else "O"
             prefix, continued = tag[0], continues(previous, tag)
-            kind = ("bioes" if prefix in "SE" else "biluo" if prefix in "LU" else
-                    "iob1" if prefix == "I" and not continued else "iob2" if prefix == "B" and not continued else None)
+            kind = (
+                "bioes"
+                if prefix in "SE"
+                else "biluo"
+                if prefix in "LU"
+                else "iob1"
+                if prefix == "I" and not continued
+                else "iob2"
+                if prefix == "B" and not continued
+                else None
+            )
             if kind:
                 signs[kind].append((sentence.line(i), f"{tag} after {previous if i else 'the sentence start'}"))
     return signs
@@ -187,11 +202,13 @@ def mixed_schemes_error(path: Path, signs: Dict[str, List[Sign]], first: str, se
     listed = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
     others = len(signs[more])
     return ConllFormatError(
-        path, lines[0],
+        path,
+        lines[0],
         f"mixes tag schemes: {signs[fewer][0][1]} {SIGNS[fewer]} (line{'s' if len(lines) > 1 else ''} {listed}), "
         f"but {signs[more][0][1]} {SIGNS[more]} ({others} line{'s' if others > 1 else ''} from line "
         f"{signs[more][0][0]}). Fix: write the tags in one scheme, or force one with --tag-scheme to see each tag "
-        "that breaks it.")
+        "that breaks it.",
+    )
 
 
 def detect_scheme(path: Path, sentences: Sequence[Sentence]) -> str:
@@ -241,8 +258,9 @@ def resolve_scheme(path: Path, sentences: Sequence[Sentence], scheme: str) -> st
         if found:
             index, problem = found
             how = "forced" if scheme != "auto" else "detected"
-            raise ConllFormatError(path, sentence.line(index), f"{problem} (the file is read as {resolved.upper()}, "
-                                   f"{how})")
+            raise ConllFormatError(
+                path, sentence.line(index), f"{problem} (the file is read as {resolved.upper()}, {how})"
+            )
     return resolved
 
 
@@ -277,8 +295,9 @@ def find_split_file(conll_dir: Path, split: str, file_name: str = "") -> Path:
     raise ConllFormatError(conll_dir, None, f"missing the {split} split: expected {expected}")
 
 
-def read_conll_dir(conll_dir: Path, file_names: Optional[Dict[str, str]] = None, tag_column: int = -1,
-                   scheme: str = "auto") -> Dict[str, Split]:
+def read_conll_dir(
+    conll_dir: Path, file_names: Optional[Dict[str, str]] = None, tag_column: int = -1, scheme: str = "auto"
+) -> Dict[str, Split]:
     if not conll_dir.is_dir():
         raise ConllFormatError(conll_dir, None, "not a directory")
     paths = {split: find_split_file(conll_dir, split, (file_names or {}).get(split, "")) for split in SPLIT_FILES}
@@ -293,8 +312,10 @@ def read_hub_dataset(hub_id: str, revision: Optional[str], scheme: str = "auto")
     from datasets.exceptions import DatasetNotFoundError
 
     source = f"{hub_id}@{revision}" if revision else hub_id
-    fix = ("Point --vars.conll_dir (--conll-dir for the script) at a local directory of CoNLL files "
-           "(train.txt, valid.txt, test.txt), or --vars.hub_id at a local copy of the dataset.")
+    fix = (
+        "Point --vars.conll_dir (--conll-dir for the script) at a local directory of CoNLL files "
+        "(train.txt, valid.txt, test.txt), or --vars.hub_id at a local copy of the dataset."
+    )
     try:
         dataset = load_dataset(hub_id, revision=revision or None)
     except ConnectionError as err:  # datasets raises it offline (HF_DATASETS_OFFLINE=1) and when the hub is unreachable
@@ -309,8 +330,9 @@ def read_hub_dataset(hub_id: str, revision: Optional[str], scheme: str = "auto")
         data = dataset[hf_split]
         missing = {"tokens", "ner_tags"} - set(data.column_names)
         if missing:
-            raise ConllFormatError(where, None, f"no {' or '.join(sorted(missing))} column (it has "
-                                   f"{', '.join(data.column_names)})")
+            raise ConllFormatError(
+                where, None, f"no {' or '.join(sorted(missing))} column (it has {', '.join(data.column_names)})"
+            )
         names = getattr(data.features["ner_tags"].feature, "names", None)
         document = Document()
         for row_no, row in enumerate(data, start=1):
@@ -385,9 +407,12 @@ def convert(
     labels = sorted(set().union(*found.values()))
     for split in ("dev", "test"):
         for label in sorted(found[split] - found["train"]):
-            typer.echo(f"Warning: {splits[split].source}: label {label} is in {split} but never in train "
-                       f"({splits['train'].source}); the model cannot learn it, and its {split} entities count as "
-                       "missed.", err=True)
+            typer.echo(
+                f"Warning: {splits[split].source}: label {label} is in {split} but never in train "
+                f"({splits['train'].source}); the model cannot learn it, and its {split} entities count as "
+                "missed.",
+                err=True,
+            )
     summaries = {split: summarize(data, docs[split], labels) for split, data in splits.items()}
     name = data_name(conll_dir, hub_id, name)
     info = {
@@ -399,8 +424,11 @@ def convert(
         "tag_schemes": {split: data.scheme for split, data in splits.items()},
         "splits": summaries,
     }
-    write_outputs_atomically({output_dir / f"{split}.spacy": split_docs for split, split_docs in docs.items()},
-                             output_dir / "corpus.json", info)
+    write_outputs_atomically(
+        {output_dir / f"{split}.spacy": split_docs for split, split_docs in docs.items()},
+        output_dir / "corpus.json",
+        info,
+    )
     return summaries
 
 
@@ -413,8 +441,9 @@ def main(
     hub_id: str = typer.Option("eriktks/conll2003", help="Hugging Face dataset id (or a local dataset path)"),
     revision: str = typer.Option("refs/convert/parquet", help="Hub revision; the parquet branch needs no script"),
     n_sents: int = typer.Option(10, "--n-sents", "-n", min=1, help="Sentences per Doc, within one document"),
-    tag_column: int = typer.Option(-1, help="The tag's column, counted from 0 (the word); negative counts from "
-                                   "the end: -1 is the last"),
+    tag_column: int = typer.Option(
+        -1, help="The tag's column, counted from 0 (the word); negative counts from the end: -1 is the last"
+    ),
     tag_scheme: str = typer.Option("auto", help="auto (detected per file), iob1, iob2, bioes or biluo"),
     train_file: str = typer.Option("", help="The training split's file name (default train.txt or eng.train)"),
     dev_file: str = typer.Option("", help="The dev split's file name (default valid.txt or eng.testa)"),
@@ -429,15 +458,26 @@ def main(
             if output_dir.exists() and not output_dir.is_dir():
                 raise SetupError(f"OUTPUT_DIR {output_dir}: is a file, not a directory. Fix: give a directory.")
             check_output_path(output_dir / "train.spacy", "OUTPUT_DIR")
-            summaries = convert(output_dir, Path(conll_dir) if conll_dir else None, hub_id, revision, n_sents,
-                                tag_column, tag_scheme, file_names, name)
+            summaries = convert(
+                output_dir,
+                Path(conll_dir) if conll_dir else None,
+                hub_id,
+                revision,
+                n_sents,
+                tag_column,
+                tag_scheme,
+                file_names,
+                name,
+            )
     except ConllFormatError as err:
         typer.echo(f"Cannot convert {source}: {err}", err=True)
         raise typer.Exit(1)
     counts = ["documents", "docs", "sentences", "tokens", "entities"]
     labels = list(summaries["train"]["per_label"])
-    rows = [[split, *(summary[key] for key in counts), *summary["per_label"].values()]
-            for split, summary in summaries.items()]
+    rows = [
+        [split, *(summary[key] for key in counts), *summary["per_label"].values()]
+        for split, summary in summaries.items()
+    ]
     msg.good(f"Converted {source} to {output_dir}")
     msg.table(rows, header=["split", *counts, *labels], divider=True)
 

@@ -3,6 +3,7 @@ commands and workflows as `spacy project document` writes them (its title and de
 they open the README), then a table of every variable with its default and the comment above it in
 project.yml. The part sits between `spacy project document`'s own markers. `--check` changes
 nothing and fails when the README is out of date (the tests run it)."""
+
 import contextlib
 import io
 import tempfile
@@ -45,13 +46,19 @@ def reference_part(project_dir: Path) -> str:
         with contextlib.redirect_stdout(io.StringIO()):  # weasel's "Saved project documentation"
             project_document(project_dir, generated, no_emoji=True)
         text = generated.read_text(encoding="utf-8")
-    commands = text[text.index("## project.yml"):text.index(END)].rstrip()
+    commands = text[text.index("## project.yml") : text.index(END)].rstrip()
     md = MarkdownRenderer(no_emoji=True)
     md.add(md.title(3, "Variables"))
     md.add("Set any of them on the command line: `spacy project run all . --vars.NAME VALUE`.")
-    md.add(md.table([(md.code(name), md.code(default) if default else '`""`', description)
-                     for name, default, description in documented_vars(project_dir / "project.yml")],
-                    ["Variable", "Default", "Description"]))
+    md.add(
+        md.table(
+            [
+                (md.code(name), md.code(default) if default else '`""`', description)
+                for name, default, description in documented_vars(project_dir / "project.yml")
+            ],
+            ["Variable", "Default", "Description"],
+        )
+    )
     return f"{START}\n\n{commands}\n\n{md.text}\n\n{END}"
 
 
@@ -65,7 +72,9 @@ def updated_readme(readme: str, project_dir: Path) -> str:
 @app.command()
 def main(
     readme: Path = typer.Argument(Path("README.md"), exists=True, dir_okay=False, help="README with the markers"),
-    project_dir: Path = typer.Option(Path("."), "--project-dir", exists=True, file_okay=False, help="Where project.yml is"),
+    project_dir: Path = typer.Option(
+        Path("."), "--project-dir", exists=True, file_okay=False, help="Where project.yml is"
+    ),
     check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if the README is out of date"),
 ):
     current = readme.read_text(encoding="utf-8")
@@ -76,8 +85,10 @@ def main(
         raise typer.Exit(1)
     if check:
         if updated != current:
-            typer.echo(f"{readme} is out of date with {project_dir / 'project.yml'}: run `spacy project run "
-                       "document .`", err=True)
+            typer.echo(
+                f"{readme} is out of date with {project_dir / 'project.yml'}: run `spacy project run document .`",
+                err=True,
+            )
             raise typer.Exit(1)
         typer.echo(f"{readme} is up to date with project.yml")
     elif updated != current:

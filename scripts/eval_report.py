@@ -7,6 +7,7 @@ right (span and type), wrong type (span right), too short (inside a gold entity)
 (around one), overlapping (crossing one), missed (no prediction overlaps the gold entity) and
 spurious (no gold entity overlaps the prediction).
 """
+
 import html
 import io
 import json
@@ -31,14 +32,16 @@ def svg(figure) -> str:
     figure.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(figure)
     text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def scores_chart(scores: Dict[str, Any]) -> str:
     per_type = scores["seqeval_per_type"]
     labels = sorted(per_type) + ["overall"]
-    values = {metric: [per_type[label][metric] for label in labels[:-1]] + [scores[f"seqeval_{metric}"]]
-              for metric in ("p", "r", "f")}
+    values = {
+        metric: [per_type[label][metric] for label in labels[:-1]] + [scores[f"seqeval_{metric}"]]
+        for metric in ("p", "r", "f")
+    }
     figure, axes = plt.subplots(figsize=(max(7.0, 0.7 * len(labels)), 3.2))
     width = 0.27
     for offset, (metric, name) in enumerate((("p", "precision"), ("r", "recall"), ("f", "F1"))):
@@ -59,11 +62,20 @@ def reliability_chart(confidence: Dict[str, Any]) -> str:
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for key, name, marker in (("uncalibrated", "before calibration", "o"), ("calibrated", "after calibration", "s")):
         rows = [row for row in confidence[key]["reliability"] if row["entities"]]
-        axes.plot([r["mean_confidence"] for r in rows], [r["precision"] for r in rows], marker=marker,
-                  label=f"{name} (ECE {confidence[key]['ece']:.3f})")
+        axes.plot(
+            [r["mean_confidence"] for r in rows],
+            [r["precision"] for r in rows],
+            marker=marker,
+            label=f"{name} (ECE {confidence[key]['ece']:.3f})",
+        )
         for r in rows:
-            axes.annotate(str(r["entities"]), (r["mean_confidence"], r["precision"]), fontsize=6,
-                          textcoords="offset points", xytext=(3, -8))
+            axes.annotate(
+                str(r["entities"]),
+                (r["mean_confidence"], r["precision"]),
+                fontsize=6,
+                textcoords="offset points",
+                xytext=(3, -8),
+            )
     axes.set_xlabel("mean confidence in the bin")
     axes.set_ylabel("precision in the bin")
     axes.set_title("Reliability of ent._.confidence (numbers: entities per bin)")
@@ -90,6 +102,7 @@ def training_chart(log: List[Dict[str, Any]]) -> str:
 
 def classify(predicted: List[Entity], gold: List[Entity]) -> List[Tuple[str, Optional[Entity], Optional[Entity]]]:
     """(class, predicted entity, gold entity) for every predicted and every gold entity."""
+
     def overlaps(a: Entity, b: Entity) -> bool:
         return a[0] < b[1] and b[0] < a[1]
 
@@ -145,8 +158,10 @@ def error_analysis(examples: List[Example], n_examples: int = 4) -> Tuple[Counte
                 start = text.rfind(" ", 0, max(0, min(span[0] for span in spans) - 80)) + 1
                 end = text.find(" ", max(span[1] for span in spans) + 80)
                 end = len(text) if end < 0 else end
-                shown[kind].append(f'<div class="example"><div>gold: {marked(text, gold, start, end, "gold")}</div>'
-                                   f'<div>predicted: {marked(text, predicted, start, end, "pred")}</div></div>')
+                shown[kind].append(
+                    f'<div class="example"><div>gold: {marked(text, gold, start, end, "gold")}</div>'
+                    f"<div>predicted: {marked(text, predicted, start, end, 'pred')}</div></div>"
+                )
     return counts, confusion, shown
 
 
@@ -171,8 +186,9 @@ mark.gold {{ background: #c8e6c9; }} mark.pred {{ background: #ffe0b2; }} sup {{
 """
 
 
-def render_report(title: str, scores: Dict[str, Any], examples: List[Example], displacy_html: str,
-                  train_log: Optional[Path]) -> str:
+def render_report(
+    title: str, scores: Dict[str, Any], examples: List[Example], displacy_html: str, train_log: Optional[Path]
+) -> str:
     sections = [
         f"<p>{scores['n_docs']} documents, {scores['n_words']} words. seqeval (word level): "
         f"precision <b>{scores['seqeval_p']:.4f}</b>, recall <b>{scores['seqeval_r']:.4f}</b>, "
@@ -183,31 +199,58 @@ def render_report(title: str, scores: Dict[str, Any], examples: List[Example], d
     confidence = scores.get("confidence")
     if confidence:
         before, after = confidence["uncalibrated"], confidence["calibrated"]
-        rows = [[name, f"{s['ece']:.4f}", f"{s['brier']:.4f}", f"{s['auroc']:.4f}" if s["auroc"] else "n/a",
-                 f"{s['mean_confidence']:.3f}", f"{s['precision']:.3f}"]
-                for name, s in (("before calibration", before), ("after calibration", after))]
-        reliability = [[f"[{r['range'][0]:.1f}, {r['range'][1]:.1f})", r["entities"],
-                        "" if r["precision"] is None else f"{r['mean_confidence']:.3f}",
-                        "" if r["precision"] is None else f"{r['precision']:.3f}",
-                        a["entities"], "" if a["precision"] is None else f"{a['mean_confidence']:.3f}",
-                        "" if a["precision"] is None else f"{a['precision']:.3f}"]
-                       for r, a in zip(before["reliability"], after["reliability"])]
+        rows = [
+            [
+                name,
+                f"{s['ece']:.4f}",
+                f"{s['brier']:.4f}",
+                f"{s['auroc']:.4f}" if s["auroc"] else "n/a",
+                f"{s['mean_confidence']:.3f}",
+                f"{s['precision']:.3f}",
+            ]
+            for name, s in (("before calibration", before), ("after calibration", after))
+        ]
+        reliability = [
+            [
+                f"[{r['range'][0]:.1f}, {r['range'][1]:.1f})",
+                r["entities"],
+                "" if r["precision"] is None else f"{r['mean_confidence']:.3f}",
+                "" if r["precision"] is None else f"{r['precision']:.3f}",
+                a["entities"],
+                "" if a["precision"] is None else f"{a['mean_confidence']:.3f}",
+                "" if a["precision"] is None else f"{a['precision']:.3f}",
+            ]
+            for r, a in zip(before["reliability"], after["reliability"])
+        ]
         sections.append(
-            '<h2>Confidence calibration</h2>'
+            "<h2>Confidence calibration</h2>"
             f'<div class="chart" id="reliability-chart">{reliability_chart(confidence)}</div>'
             + table(["", "ECE", "Brier", "AUROC right vs wrong", "mean confidence", "precision"], rows)
-            + table(["bin", "entities (before)", "mean confidence", "precision", "entities (after)", "mean confidence",
-                     "precision"], reliability))
+            + table(
+                [
+                    "bin",
+                    "entities (before)",
+                    "mean confidence",
+                    "precision",
+                    "entities (after)",
+                    "mean confidence",
+                    "precision",
+                ],
+                reliability,
+            )
+        )
     if train_log and train_log.exists():
         log = [json.loads(line) for line in train_log.read_text(encoding="utf-8").splitlines() if line.strip()]
         if log:
             sections.append(f'<h2>Training</h2><div class="chart" id="training-chart">{training_chart(log)}</div>')
     counts, confusion, shown = error_analysis(examples)
     columns = [*sorted({label for gold, predicted in confusion for label in (gold, predicted)} - {"none"}), "none"]
-    sections.append("<h2>Error analysis</h2>"
-                    + table(["class", "entities"], [[kind, counts[kind]] for kind in ("right", *ERROR_CLASSES)])
-                    + "<h3>Types: gold (rows) against predicted (columns)</h3>"
-                    + table(["gold \\ predicted", *columns], [[g, *(confusion[(g, p)] for p in columns)] for g in columns]))
+    sections.append(
+        "<h2>Error analysis</h2>"
+        + table(["class", "entities"], [[kind, counts[kind]] for kind in ("right", *ERROR_CLASSES)])
+        + "<h3>Types: gold (rows) against predicted (columns)</h3>"
+        + table(["gold \\ predicted", *columns], [[g, *(confusion[(g, p)] for p in columns)] for g in columns])
+    )
     for kind in ERROR_CLASSES:
         if shown[kind]:
             sections.append(f"<h3>{html.escape(kind)}</h3>" + "".join(shown[kind]))

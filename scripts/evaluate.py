@@ -1,6 +1,7 @@
 """Evaluate a trained pipeline on a DocBin split with its seqeval scorer and write the report:
 JSON (every score, the calibration of the confidences and the error counts), a readable Markdown
 table, a displaCy page of a sample of documents, and the HTML report (eval_report.py)."""
+
 import json
 import time
 from pathlib import Path
@@ -41,13 +42,20 @@ def scores_table(scores: Dict[str, Any]) -> str:
     lines.append(f"Token accuracy: {scores['seqeval_accuracy']:.4f}. spaCy's ents_f: {scores['ents_f']:.4f}.")
     confidence = scores["confidence"]
     if confidence:
-        lines += ["", "Entity confidences (right: span and type match a gold entity):", "",
-                  "| | ECE | Brier | AUROC right vs wrong | mean confidence | precision |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Entity confidences (right: span and type match a gold entity):",
+            "",
+            "| | ECE | Brier | AUROC right vs wrong | mean confidence | precision |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, key in (("before calibration", "uncalibrated"), ("after calibration", "calibrated")):
             c = confidence[key]
             auroc = f"{c['auroc']:.4f}" if c["auroc"] is not None else "n/a"
-            lines.append(f"| {name} | {c['ece']:.4f} | {c['brier']:.4f} | {auroc} | {c['mean_confidence']:.3f} "
-                         f"| {c['precision']:.3f} |")
+            lines.append(
+                f"| {name} | {c['ece']:.4f} | {c['brier']:.4f} | {auroc} | {c['mean_confidence']:.3f} "
+                f"| {c['precision']:.3f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -57,13 +65,17 @@ def read_examples(data_path: Path, nlp: Language) -> List[Example]:
         examples = list(Corpus(data_path)(nlp))
     except Exception as err:  # srsly, zlib and msgpack each raise their own class for a damaged file
         cause = first_line(err)
-        raise SetupError(f"{data_path}: not a readable DocBin file ({cause.split('. ')[0]}). Fix: give a .spacy file "
-                         "written by convert (spacy project run convert).") from err
+        raise SetupError(
+            f"{data_path}: not a readable DocBin file ({cause.split('. ')[0]}). Fix: give a .spacy file "
+            "written by convert (spacy project run convert)."
+        ) from err
     if not examples:
         raise SetupError(f"{data_path}: holds no documents. Fix: convert the split again.")
     if not any(eg.reference.has_annotation("ENT_IOB") for eg in examples):
-        raise SetupError(f"{data_path}: its documents have no entity annotation, so there is nothing to score. "
-                         "Fix: give a split with gold entities.")
+        raise SetupError(
+            f"{data_path}: its documents have no entity annotation, so there is nothing to score. "
+            "Fix: give a split with gold entities."
+        )
     return examples
 
 
@@ -75,12 +87,15 @@ def main(
     output_table: Optional[Path] = typer.Option(None, "--table", help="Markdown table of the seqeval scores"),
     html_path: Optional[Path] = typer.Option(None, "--html", help="displaCy page of the first documents"),
     report_path: Optional[Path] = typer.Option(None, "--report", help="Self-contained HTML report with charts"),
-    train_log: Optional[Path] = typer.Option(None, "--train-log", help="The training's train_log.jsonl, for the report"),
+    train_log: Optional[Path] = typer.Option(
+        None, "--train-log", help="The training's train_log.jsonl, for the report"
+    ),
     n_html_docs: int = typer.Option(10, "--n-html-docs", help="How many documents the displaCy page shows"),
     code_paths: str = typer.Option("", "--code", "-c", help="Comma-separated Python files with registered functions"),
     gpu_id: int = typer.Option(-1, "--gpu-id", "-g", help="GPU id, or -1 for the CPU"),
-    cpu_bf16: Optional[Switch] = typer.Option(None, help="Override the bf16 setting: true, false or auto (where the "
-                                              "CPU has AMX or AVX512-BF16)"),
+    cpu_bf16: Optional[Switch] = typer.Option(
+        None, help="Override the bf16 setting: true, false or auto (where the CPU has AMX or AVX512-BF16)"
+    ),
 ):
     """Score MODEL on DATA_PATH with the pipeline's own scorers (seqeval for the NER)."""
     import_code_paths(code_paths)
@@ -88,8 +103,12 @@ def main(
     overrides = {} if bf16 is None else {"components.transformer.model.cpu_bf16": bf16}
     with one_line_errors():
         # Every output checked, the data read and the model loaded before any scoring.
-        for option, path in (("--output", output_json), ("--table", output_table), ("--html", html_path),
-                             ("--report", report_path)):
+        for option, path in (
+            ("--output", output_json),
+            ("--table", output_table),
+            ("--html", html_path),
+            ("--report", report_path),
+        ):
             if path:
                 check_not_an_input(path, {"DATA_PATH": data_path})
                 check_output_path(path, option)
@@ -113,8 +132,13 @@ def main(
     if html_path:
         atomic_write_text(html_path, displacy.render(sample, style="ent", page=True))
     if report_path:
-        report = render_report(f"{model} on {data_path.name}", scores, examples,
-                               displacy.render(sample, style="ent", page=False), train_log)
+        report = render_report(
+            f"{model} on {data_path.name}",
+            scores,
+            examples,
+            displacy.render(sample, style="ent", page=False),
+            train_log,
+        )
         atomic_write_text(report_path, report)
     msg.good(f"Scored {len(examples)} docs ({scores['n_words']} words) in {scores['seconds']} s")
     print(table)

@@ -17,6 +17,7 @@ overrides what is found; what cannot be found is said to be unknown, never guess
 The data is what convert read (its corpus.json): the card names it, lists the labels the pipeline
 learnt, and gives CoNLL-2003's citation, Reuters terms and news-genre limits only when that is the data.
 """
+
 import json
 import re
 import shutil
@@ -45,21 +46,33 @@ CONLL = {
 
 
 def scores_rows(performance: Dict[str, Any]) -> List[str]:
-    rows = [f"| **overall** | {performance['seqeval_p']:.4f} | {performance['seqeval_r']:.4f} "
-            f"| {performance['seqeval_f']:.4f} |"]
+    rows = [
+        f"| **overall** | {performance['seqeval_p']:.4f} | {performance['seqeval_r']:.4f} "
+        f"| {performance['seqeval_f']:.4f} |"
+    ]
     per_type = performance["seqeval_per_type"]
-    rows += [f"| {label} | {per_type[label]['p']:.4f} | {per_type[label]['r']:.4f} | {per_type[label]['f']:.4f} |"
-             for label in sorted(per_type)]
+    rows += [
+        f"| {label} | {per_type[label]['p']:.4f} | {per_type[label]['r']:.4f} | {per_type[label]['f']:.4f} |"
+        for label in sorted(per_type)
+    ]
     return ["| type | precision | recall | F1 |", "|---|---|---|---|", *rows]
 
 
 def calibration_rows(confidence: Dict[str, Any]) -> List[str]:
-    rows = ["| | ECE (10 bins) | Brier | AUROC right vs wrong | mean confidence | precision |", "|---|---|---|---|---|---|"]
-    for name, key in (("the NER's probability, before calibration", "uncalibrated"), ("ent._.confidence", "calibrated")):
+    rows = [
+        "| | ECE (10 bins) | Brier | AUROC right vs wrong | mean confidence | precision |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, key in (
+        ("the NER's probability, before calibration", "uncalibrated"),
+        ("ent._.confidence", "calibrated"),
+    ):
         c = confidence[key]
         auroc = "n/a" if c["auroc"] is None else f"{c['auroc']:.4f}"
-        rows.append(f"| {name} | {c['ece']:.4f} | {c['brier']:.4f} | {auroc} | {c['mean_confidence']:.3f} "
-                    f"| {c['precision']:.3f} |")
+        rows.append(
+            f"| {name} | {c['ece']:.4f} | {c['brier']:.4f} | {auroc} | {c['mean_confidence']:.3f} "
+            f"| {c['precision']:.3f} |"
+        )
     return rows
 
 
@@ -75,7 +88,9 @@ def local_model_card_license(model_dir: Path) -> Optional[str]:
 def trained_backbone(pipeline_dir: Path) -> Dict[str, Any]:
     """What the pipeline's transformer is: the name it was trained from, and its architecture, size
     and casing from the weights and tokenizer that spacy-transformers stored in the pipeline."""
-    trained_name = load_config(pipeline_dir / "config.cfg", interpolate=False)["components"]["transformer"]["model"]["name"]
+    trained_name = load_config(pipeline_dir / "config.cfg", interpolate=False)["components"]["transformer"]["model"][
+        "name"
+    ]
     # thinc's Model.to_bytes: a list of shims per layer; the one shim is spacy-transformers' HFShim,
     # whose bytes hold the HF config, the weights and the tokenizer files.
     layers = srsly.msgpack_loads((pipeline_dir / "transformer" / "model").read_bytes())
@@ -94,7 +109,10 @@ def trained_backbone(pipeline_dir: Path) -> Dict[str, Any]:
         "hidden": hf_config.get("hidden_size", hf_config.get("dim")),
         "parameters": sum(tensor.numel() for tensor in state.values() if tensor.is_floating_point()),
         "cased": tokenizer.tokenize("Paris") != tokenizer.tokenize("paris"),
-        "name": trained_name, "url": None, "license": None, "based_on": None,
+        "name": trained_name,
+        "url": None,
+        "license": None,
+        "based_on": None,
     }
     local_dir = Path(trained_name)
     if local_dir.is_dir():
@@ -112,25 +130,36 @@ def backbone_summary(backbone: Dict[str, Any]) -> str:
     """One line: what the backbone is and how big, e.g. "bert, 6 layers, hidden 384, 22.7M parameters, uncased"."""
     size = f"{backbone['parameters'] / 1e6:.1f}M" if backbone["parameters"] >= 1e5 else f"{backbone['parameters']:,}"
     layers = f"{backbone['layers']} layer{'' if backbone['layers'] == 1 else 's'}"
-    return (f"{backbone['model_type']}, {layers}, hidden {backbone['hidden']}, {size} parameters, "
-            f"{'cased' if backbone['cased'] else 'uncased'}")
+    return (
+        f"{backbone['model_type']}, {layers}, hidden {backbone['hidden']}, {size} parameters, "
+        f"{'cased' if backbone['cased'] else 'uncased'}"
+    )
 
 
 def backbone_source_line(backbone: Dict[str, Any]) -> str:
-    where = f" ({backbone['url']})" if backbone["url"] else f" (a local directory, trained from `{backbone['trained_name']}`)"
+    where = (
+        f" ({backbone['url']})"
+        if backbone["url"]
+        else f" (a local directory, trained from `{backbone['trained_name']}`)"
+    )
     based_on = f"; its config names `{backbone['based_on']}` as its origin" if backbone["based_on"] else ""
     license_text = backbone["license"] or "not recorded (pass --vars.backbone_license)"
-    return (f"- Backbone: **{backbone['name']}**{where}: {backbone_summary(backbone)}{based_on}; license "
-            f"{license_text}; fine-tuned here.")
+    return (
+        f"- Backbone: **{backbone['name']}**{where}: {backbone_summary(backbone)}{based_on}; license "
+        f"{license_text}; fine-tuned here."
+    )
 
 
 def training_data(corpus_info: Optional[Path]) -> Dict[str, Any]:
     """What convert read (corpus.json): its name, whether it is CoNLL-2003, its labels and tag schemes."""
     info = read_json(corpus_info) if corpus_info and corpus_info.is_file() else {}
     conll2003 = bool(info.get("conll2003"))
-    return {"name": "CoNLL-2003" if conll2003 else info.get("name") or "the training data", "conll2003": conll2003,
-            "schemes": sorted(set(info.get("tag_schemes", {}).values())),
-            "sentences": info.get("splits", {}).get("train", {}).get("sentences")}
+    return {
+        "name": "CoNLL-2003" if conll2003 else info.get("name") or "the training data",
+        "conll2003": conll2003,
+        "schemes": sorted(set(info.get("tag_schemes", {}).values())),
+        "sentences": info.get("splits", {}).get("train", {}).get("sentences"),
+    }
 
 
 def intended_use(data: Dict[str, Any], labels: List[str]) -> List[str]:
@@ -155,9 +184,11 @@ def intended_use(data: Dict[str, Any], labels: List[str]) -> List[str]:
 
 def data_source_line(data: Dict[str, Any]) -> str:
     if data["conll2003"]:
-        return (f"- Training data: {CONLL['name']}, {CONLL['url']}; the text comes from the Reuters Corpus (RCV1) "
-                "and is distributed for research under the Reuters/NIST agreement: check its terms before commercial "
-                "use.")
+        return (
+            f"- Training data: {CONLL['name']}, {CONLL['url']}; the text comes from the Reuters Corpus (RCV1) "
+            "and is distributed for research under the Reuters/NIST agreement: check its terms before commercial "
+            "use."
+        )
     read = f"{data['sentences']:,} training sentences, " if data["sentences"] else ""
     schemes = f"tags read as {' and '.join(s.upper() for s in data['schemes'])}; " if data["schemes"] else ""
     return f"- Training data: **{data['name']}** ({read}{schemes}its own terms apply)."
@@ -167,8 +198,7 @@ def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any], data: Dict[str
     name = f"{meta['lang']}_{meta['name']}"
     test, dev = meta["test_performance"], meta["performance"]
     labels = meta["labels"]["ner"]
-    example = ("Bill Gates was the CEO of Microsoft in Seattle, Washington." if data["conll2003"]
-               else "Your text here.")
+    example = "Bill Gates was the CEO of Microsoft in Seattle, Washington." if data["conll2003"] else "Your text here."
     test_split = "CoNLL-2003 `test`" if data["conll2003"] else f"{data['name']}, test"
     dev_split = "CoNLL-2003 `validation`" if data["conll2003"] else f"{data['name']}, dev"
     lines = [
@@ -236,11 +266,15 @@ def main(
     backbone_name: str = typer.Option("", help="The transformer's name, if not the one it was trained from"),
     backbone_url: str = typer.Option("", help="Where the transformer came from (default: its hub page)"),
     backbone_license: str = typer.Option("", help="Its license (default: its model card's, if it has one)"),
-    corpus_info: Optional[Path] = typer.Option(None, help="corpus.json written by convert: the data's name, "
-                                               "labels and tag schemes (without it the data is not named)"),
+    corpus_info: Optional[Path] = typer.Option(
+        None,
+        help="corpus.json written by convert: the data's name, "
+        "labels and tag schemes (without it the data is not named)",
+    ),
     title: str = typer.Option("", help="The card's title (default: the data, NER, and the backbone)"),
-    description: str = typer.Option("", help="The package's description (default: its language, entity types, "
-                                    "backbone, data and test F1)"),
+    description: str = typer.Option(
+        "", help="The package's description (default: its language, entity types, backbone, data and test F1)"
+    ),
     author: str = typer.Option("", help="The model's author, for the card (empty: no Author row)"),
     url: str = typer.Option("", help="The author's or project's URL, for the card"),
 ):
@@ -258,22 +292,34 @@ def main(
     data = training_data(corpus_info)
     labels = ", ".join(meta["labels"]["ner"])
     language = get_lang_class(meta["lang"]).__name__
-    meta.update({
-        "title": title or f"{data['name']} NER with {backbone['name']}",
-        "description": description or (
-            f"{language} named entities ({labels}) with calibrated confidences: {backbone['name']} "
-            f"({backbone_summary(backbone)}) fine-tuned on {data['name']} with spaCy. "
-            f"Test seqeval F1 {test['seqeval_f']:.4f}."),
-        "sources": [{"name": backbone["name"], "url": backbone["url"] or "", "license": backbone["license"] or "",
-                     "author": "Hugging Face hub" if backbone["url"] else "local directory"},
-                    CONLL if data["conll2003"] else {"name": data["name"], "url": "", "license": "", "author": ""}],
-        "license": (f"MIT (code), {backbone['license'] or 'backbone license not recorded'}"
-                    f"{' (backbone)' if backbone['license'] else ''}; "
-                    f"{'CoNLL-2003 data terms' if data['conll2003'] else 'the terms of the training data'} apply"),
-        "backbone": backbone,
-        "training_data": data,
-        "notes": card_sections(meta, backbone, data),
-    })
+    meta.update(
+        {
+            "title": title or f"{data['name']} NER with {backbone['name']}",
+            "description": description
+            or (
+                f"{language} named entities ({labels}) with calibrated confidences: {backbone['name']} "
+                f"({backbone_summary(backbone)}) fine-tuned on {data['name']} with spaCy. "
+                f"Test seqeval F1 {test['seqeval_f']:.4f}."
+            ),
+            "sources": [
+                {
+                    "name": backbone["name"],
+                    "url": backbone["url"] or "",
+                    "license": backbone["license"] or "",
+                    "author": "Hugging Face hub" if backbone["url"] else "local directory",
+                },
+                CONLL if data["conll2003"] else {"name": data["name"], "url": "", "license": "", "author": ""},
+            ],
+            "license": (
+                f"MIT (code), {backbone['license'] or 'backbone license not recorded'}"
+                f"{' (backbone)' if backbone['license'] else ''}; "
+                f"{'CoNLL-2003 data terms' if data['conll2003'] else 'the terms of the training data'} apply"
+            ),
+            "backbone": backbone,
+            "training_data": data,
+            "notes": card_sections(meta, backbone, data),
+        }
+    )
     meta.pop("author", None)
     meta.pop("url", None)
     if author:

@@ -1,4 +1,5 @@
 """Helpers that the workflow's scripts share. Not bundled into the model package."""
+
 import importlib.util
 import io
 import json
@@ -80,8 +81,9 @@ def first_line(err: BaseException) -> str:
 
 
 @contextmanager
-def atomic_output(path: Union[Path, str], mode: str = "w", filesystem: Optional["pyarrow.fs.FileSystem"] = None
-                  ) -> Iterator[IO]:
+def atomic_output(
+    path: Union[Path, str], mode: str = "w", filesystem: Optional["pyarrow.fs.FileSystem"] = None
+) -> Iterator[IO]:
     """A temporary file beside PATH that replaces PATH when the block ends without an error:
     PATH is never half-written, an earlier PATH survives a failure, and the temporary file is
     removed on any failure. PATH is local, or a path on FILESYSTEM (pyarrow.fs: S3, GCS, HDFS...)."""
@@ -188,7 +190,9 @@ def check_transformer(name: str) -> None:
     path = Path(name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SetupError(f"Transformer directory {path} holds no config.json, so save_pretrained did not write it. {fix}")
+            raise SetupError(
+                f"Transformer directory {path} holds no config.json, so save_pretrained did not write it. {fix}"
+            )
         return
     from transformers import AutoConfig
 
@@ -196,8 +200,9 @@ def check_transformer(name: str) -> None:
         AutoConfig.from_pretrained(name)
     except OSError as err:
         # transformers says "couldn't connect" both offline (HF_HUB_OFFLINE=1) and when the hub is unreachable.
-        cause = ("the Hugging Face hub cannot be reached and no copy is cached" if "connect" in str(err)
-                 else first_line(err))
+        cause = (
+            "the Hugging Face hub cannot be reached and no copy is cached" if "connect" in str(err) else first_line(err)
+        )
         raise SetupError(f"Cannot load the transformer {name!r}: no such local directory, and {cause}. {fix}") from err
 
 
@@ -213,8 +218,10 @@ def load_pipeline(model: str, **kwargs: Any) -> "spacy.Language":
     except OSError as err:
         if "E050" not in str(err):
             raise
-        raise SetupError(f"--model {model}: no installed package or pipeline directory of that name. Fix: install "
-                         "the model's wheel, or give the path of a pipeline directory (training/model-release).")
+        raise SetupError(
+            f"--model {model}: no installed package or pipeline directory of that name. Fix: install "
+            "the model's wheel, or give the path of a pipeline directory (training/model-release)."
+        )
     except catalogue.RegistryError:
         import_code_paths(",".join(str(path) for path in sorted(MODEL_CODE.glob("*.py"))))
     try:
@@ -238,8 +245,9 @@ def check_output_path(path: Path, option: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise SetupError(f"{option} {path}: cannot write there ({err.strerror or err}). Fix: choose a writable "
-                         "directory.") from err
+        raise SetupError(
+            f"{option} {path}: cannot write there ({err.strerror or err}). Fix: choose a writable directory."
+        ) from err
 
 
 def check_not_an_input(output: Path, inputs: Dict[str, Optional[Path]]) -> None:
@@ -247,14 +255,17 @@ def check_not_an_input(output: Path, inputs: Dict[str, Optional[Path]]) -> None:
     destroy the input."""
     for option, path in inputs.items():
         if path is not None and output.resolve() == path.resolve():
-            raise SetupError(f"{option} {path} is also the output: writing it would replace the input. Fix: give "
-                             "another output path.")
+            raise SetupError(
+                f"{option} {path} is also the output: writing it would replace the input. Fix: give "
+                "another output path."
+            )
 
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, a scheduler's stop) handled as Ctrl-C, so that temporary outputs are removed
     and the run says how far it got, as on KeyboardInterrupt."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 

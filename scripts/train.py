@@ -6,6 +6,7 @@ the transformer can be loaded. Writes the time to <output_dir>/train_time.json (
 whole `spacy train` without the dev evaluations and checkpoints, as the reference Trainer's time is
 taken; wall_seconds: all of it) and a JSONL line per dev evaluation to <output_dir>/train_log.jsonl
 (scripts/training_log.py)."""
+
 import json
 import shutil
 import time
@@ -68,20 +69,23 @@ def main(
     dev_path: Optional[Path] = typer.Option(None, "--dev", exists=True, help="Dev DocBin (paths.dev)"),
     lang: Optional[str] = typer.Option(None, help="spaCy language code of the pipeline (en, de, xx...)"),
     transformer: Optional[str] = typer.Option(None, help="Hub name or local save_pretrained directory"),
-    cpu_bf16: Optional[Switch] = typer.Option(None, help="bf16 autocast for the transformer on the CPU (auto: "
-                                              "where the CPU has AMX or AVX512-BF16)"),
+    cpu_bf16: Optional[Switch] = typer.Option(
+        None, help="bf16 autocast for the transformer on the CPU (auto: where the CPU has AMX or AVX512-BF16)"
+    ),
     max_steps: Optional[int] = typer.Option(None, help="Training steps; the learning rate reaches zero at the last"),
     eval_frequency: Optional[int] = typer.Option(None, help="Score dev every this many steps"),
     learn_rate: Optional[float] = typer.Option(None, help="Peak learning rate"),
     warmup_steps: Optional[int] = typer.Option(None, help="Linear warm-up steps"),
     batch_size: Optional[int] = typer.Option(None, help="Padded words per batch"),
-    keep_checkpoints: Optional[Path] = typer.Option(None, help="Keep the pipeline of every evaluation here, "
-                                                    "as step-<N> (for the benchmark's test F1 curve)"),
+    keep_checkpoints: Optional[Path] = typer.Option(
+        None, help="Keep the pipeline of every evaluation here, as step-<N> (for the benchmark's test F1 curve)"
+    ),
 ):
     import_code_paths(code_paths)
     overrides = {
-        **settings_overrides(lang, transformer, cpu_bf16, max_steps, eval_frequency, learn_rate, warmup_steps,
-                             batch_size),
+        **settings_overrides(
+            lang, transformer, cpu_bf16, max_steps, eval_frequency, learn_rate, warmup_steps, batch_size
+        ),
         **({"paths.train": str(train_path)} if train_path else {}),
         **({"paths.dev": str(dev_path)} if dev_path else {}),
         "training.logger.log_path": str(output_dir / "train_log.jsonl"),
@@ -101,8 +105,10 @@ def main(
     seconds = time.perf_counter() - start
     log_lines = (output_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
     scoring = json.loads(log_lines[-1])["scoring_seconds"] if log_lines else 0.0
-    atomic_write_text(output_dir / "train_time.json", json.dumps(
-        {"train_seconds": round(seconds - scoring, 1), "wall_seconds": round(seconds, 1), "gpu_id": gpu_id}))
+    atomic_write_text(
+        output_dir / "train_time.json",
+        json.dumps({"train_seconds": round(seconds - scoring, 1), "wall_seconds": round(seconds, 1), "gpu_id": gpu_id}),
+    )
 
 
 if __name__ == "__main__":

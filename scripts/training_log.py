@@ -11,6 +11,7 @@ reference Trainer's time is taken (benchmarks/reference_train.py leaves its scor
 The progress bar only shows on a terminal (tqdm turns itself off otherwise), so CI logs keep
 one table row per evaluation.
 """
+
 import json
 import sys
 import time

@@ -1,5 +1,6 @@
 """Offline fixtures: a tiny random DistilBERT with a WordPiece vocabulary trained on the fly,
 and small CoNLL-2003 samples written by the tests."""
+
 import importlib
 import json
 import os
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU that spaCy can use (CuPy); skipped elsewhere")
+
 
 PEOPLE = ["Bill Gates", "Angela Merkel", "John Smith", "Maria Lopez", "Peter Blake", "Steffi Graf"]
 ORGS = ["Microsoft", "Reuters", "European Union", "Bayern Munich", "United Nations", "Ajax"]
@@ -105,9 +107,20 @@ def conll_dir(tmp_path_factory) -> Path:
 
 PROJECT_FILES = ["project.yml", "configs", "scripts", "model_code", "annotate", "benchmarks", "examples"]
 # project.yml's vars.code: the packaged code.
-CODE = ",".join(f"model_code/{name}.py" for name in (
-    "seqeval_scorer", "transformer_model", "precision", "length_groups", "array_batches", "wordpiece_encoding",
-    "fused_adam", "entity_confidence", "long_texts"))
+CODE = ",".join(
+    f"model_code/{name}.py"
+    for name in (
+        "seqeval_scorer",
+        "transformer_model",
+        "precision",
+        "length_groups",
+        "array_batches",
+        "wordpiece_encoding",
+        "fused_adam",
+        "entity_confidence",
+        "long_texts",
+    )
+)
 
 
 def import_model_code() -> None:
@@ -125,12 +138,30 @@ def run_checked(cmd, cwd, env=None, input_text=None):
 def project_run_all(project_dir: Path, transformer: Path, conll: Path, **variables: str) -> subprocess.CompletedProcess:
     """`spacy project run all` with the tiny model: a learning rate and batch size that let a
     1-layer model learn the sample data in 60 steps; VARIABLES set further project variables."""
-    settings = {"transformer": transformer, "conll_dir": conll, "gpu_id": -1, "max_steps": 60, "eval_frequency": 20,
-                "n_sents": 2, "learn_rate": 1e-3, "warmup_steps": 5, "batch_size": 300, "package_version": "0.0.1",
-                **variables}
+    settings = {
+        "transformer": transformer,
+        "conll_dir": conll,
+        "gpu_id": -1,
+        "max_steps": 60,
+        "eval_frequency": 20,
+        "n_sents": 2,
+        "learn_rate": 1e-3,
+        "warmup_steps": 5,
+        "batch_size": 300,
+        "package_version": "0.0.1",
+        **variables,
+    }
     return run_checked(
-        [sys.executable, "-m", "spacy", "project", "run", "all", ".",
-         *(item for name, value in settings.items() for item in (f"--vars.{name}", str(value)))],
+        [
+            sys.executable,
+            "-m",
+            "spacy",
+            "project",
+            "run",
+            "all",
+            ".",
+            *(item for name, value in settings.items() for item in (f"--vars.{name}", str(value))),
+        ],
         cwd=project_dir,
     )
 
@@ -170,8 +201,10 @@ def installed_model(project, tmp_path_factory):
     wheels = list((project / "packages").glob("en_conll_distilbert-0.0.1/dist/*.whl"))
     assert len(wheels) == 1
     site = tmp_path_factory.mktemp("site")
-    run_checked([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
-                 str(wheels[0])], cwd=site)
+    run_checked(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheels[0])],
+        cwd=site,
+    )
     return site
 
 
@@ -192,10 +225,22 @@ def find_chromium():
 
 def rendered_dom(html: Path, tmp_path: Path) -> str:
     result = subprocess.run(
-        [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-         "--dump-dom", html.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            find_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--dump-dom",
+            html.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout

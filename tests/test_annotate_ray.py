@@ -1,6 +1,7 @@
 """Bulk annotation on Ray Data (a local Ray on this machine's CPUs): the output of predict for JSONL
 and Parquet in, malformed records listed with their place, a text over nlp.max_length annotated
 whole, a rerun that redoes only the missing outputs, and a worker that dies mid-run."""
+
 import json
 import random
 import subprocess
@@ -19,7 +20,7 @@ from scripts.project_util import gpu_problem
 # A component that kills its worker process on a text with KILL-ME, the first time only (a flag file
 # remembers), and a callback that lowers nlp.max_length so that a test record is "long" at 3,000
 # characters. Written by the tests into the test model, imported with --code.
-TEST_COMPONENTS = '''
+TEST_COMPONENTS = """
 import os
 from spacy.language import Language
 from spacy.util import registry
@@ -41,7 +42,7 @@ def make_max_length(max_length: int):
         nlp.max_length = max_length
         return nlp
     return set_max_length
-'''
+"""
 LONG_TEXT_CHARS = 3_000
 
 
@@ -57,14 +58,21 @@ def ray_model(project, tmp_path_factory):
     components = root / "test_components.py"
     components.write_text(TEST_COMPONENTS)
     model = root / "model"
-    run_checked([sys.executable, "-c", f"""
+    run_checked(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys; sys.path.append({str(root)!r})
 import test_components
 from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
 nlp = load_pipeline("training/model-release")
 nlp.add_pipe("die_once", config={{"flag_path": {str(root / "died")!r}}})
 nlp.to_disk({str(model)!r})
-"""], cwd=project)
+""",
+        ],
+        cwd=project,
+    )
     config = load_config(model / "config.cfg", interpolate=False)
     config["nlp"]["after_pipeline_creation"] = {"@callbacks": "test.max_length.v1", "max_length": LONG_TEXT_CHARS}
     config.to_disk(model / "config.cfg", interpolate=False)
@@ -73,8 +81,20 @@ nlp.to_disk({str(model)!r})
 
 def annotate_ray(project, input_path, output_dir, ray_model, *args, check=True):
     model, code, _ = ray_model
-    cmd = [sys.executable, "-m", "annotate.annotate_ray", str(input_path), str(output_dir), "--model", str(model),
-           "--code", code, "--workers", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "annotate.annotate_ray",
+        str(input_path),
+        str(output_dir),
+        "--model",
+        str(model),
+        "--code",
+        code,
+        "--workers",
+        "2",
+        *args,
+    ]
     if check:
         result = run_checked(cmd, cwd=project)
         # The summary line; Ray may print its own messages (a worker restarted, say) to stdout too.
@@ -86,8 +106,23 @@ def predict_entities(project, source: Path, ray_model, tmp_path):
     """predict's entities for the records of a JSONL file, by id."""
     model, code, _ = ray_model
     output = tmp_path / f"{source.stem}-predicted.jsonl"
-    run_checked([sys.executable, "-m", "annotate.predict", str(source), "--output", str(output), "--model", str(model),
-                 "--code", code, "--on-error", "skip"], cwd=project)
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "annotate.predict",
+            str(source),
+            "--output",
+            str(output),
+            "--model",
+            str(model),
+            "--code",
+            code,
+            "--on-error",
+            "skip",
+        ],
+        cwd=project,
+    )
     return {r["id"]: r["entities"] for r in map(json.loads, output.read_text().splitlines())}
 
 
@@ -113,8 +148,13 @@ def corpus(tmp_path_factory):
     lines.append(json.dumps({"id": 30, "text": long_text, "lang": "en"}).encode())
     (root / "news.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     parquet_texts = texts(20, seed=3)
-    table = pyarrow.table({"id": list(range(100, 121)), "text": parquet_texts[:7] + [None] + parquet_texts[7:],
-                           "year": [2000 + i for i in range(21)]})
+    table = pyarrow.table(
+        {
+            "id": list(range(100, 121)),
+            "text": parquet_texts[:7] + [None] + parquet_texts[7:],
+            "year": [2000 + i for i in range(21)],
+        }
+    )
     pyarrow.parquet.write_table(table, root / "archive.parquet")
     records = [{"id": i, "text": t} for i, t in enumerate(jsonl_texts)] + [{"id": 30, "text": long_text}]
     records += [{"id": row["id"], "text": row["text"]} for row in table.to_pylist() if row["text"] is not None]
@@ -138,8 +178,10 @@ def test_same_output_as_predict_for_jsonl_and_parquet(project, ray_model, corpus
     # predict on the same records, file by file, so that the batches are the same too.
     parquet_as_jsonl = tmp_path / "archive.jsonl"
     parquet_as_jsonl.write_text("".join(json.dumps(r) + "\n" for r in records if r["id"] >= 100))
-    expected = {**predict_entities(project, root / "news.jsonl", ray_model, tmp_path),
-                **predict_entities(project, parquet_as_jsonl, ray_model, tmp_path)}
+    expected = {
+        **predict_entities(project, root / "news.jsonl", ray_model, tmp_path),
+        **predict_entities(project, parquet_as_jsonl, ray_model, tmp_path),
+    }
     assert {row["id"]: row["entities"] for row in rows} == expected
     assert all(row["lang"] == "en" for row in rows if row["id"] < 100)
     assert all(row["year"] == 2000 + row["id"] - 100 for row in rows if row["id"] >= 100)
@@ -148,20 +190,25 @@ def test_same_output_as_predict_for_jsonl_and_parquet(project, ray_model, corpus
     long_text = next(r["text"] for r in records if r["id"] == 30)
     long_entities = next(row["entities"] for row in rows if row["id"] == 30)
     assert max(e["start"] for e in long_entities) > len(long_text) - 200
-    assert all(long_text[e["start"]:e["end"]] == e["word"] for e in long_entities)
+    assert all(long_text[e["start"] : e["end"]] == e["word"] for e in long_entities)
 
 
 def test_malformed_records_are_listed_with_their_place(first_run, corpus):
     output_dir, _ = first_run
     root = corpus[0]
-    listed = [json.loads(line) for path in sorted(output_dir.glob("*.malformed.jsonl"))
-              for line in path.read_text().splitlines()]
-    assert sorted((m["source"], m.get("line"), m.get("row"), m["problem"]) for m in listed) == sorted([
-        (str(root / "news.jsonl"), 6, None, "not valid JSON (Expecting value)"),
-        (str(root / "news.jsonl"), 7, None, "no string field 'text'"),
-        (str(root / "news.jsonl"), 8, None, "not valid UTF-8 (byte 0xe9 at column 33)"),
-        (str(root / "archive.parquet"), None, 8, "no string field 'text'"),
-    ])
+    listed = [
+        json.loads(line)
+        for path in sorted(output_dir.glob("*.malformed.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted((m["source"], m.get("line"), m.get("row"), m["problem"]) for m in listed) == sorted(
+        [
+            (str(root / "news.jsonl"), 6, None, "not valid JSON (Expecting value)"),
+            (str(root / "news.jsonl"), 7, None, "no string field 'text'"),
+            (str(root / "news.jsonl"), 8, None, "not valid UTF-8 (byte 0xe9 at column 33)"),
+            (str(root / "archive.parquet"), None, 8, "no string field 'text'"),
+        ]
+    )
 
 
 def test_rerun_redoes_only_the_missing_outputs(project, ray_model, corpus, first_run, tmp_path):
@@ -236,9 +283,14 @@ class RecordingAnnotator:
             time.sleep(0.05)
         time.sleep(0.5)
         context = ray.get_runtime_context()
-        return {"input": [str(files["input"][0])], "pid": [self.pid], "start": [start], "end": [time.time()],
-                "gpu": [context.get_assigned_resources().get("GPU", 0.0)],
-                "cuda_visible_devices": [os.environ.get("CUDA_VISIBLE_DEVICES")]}
+        return {
+            "input": [str(files["input"][0])],
+            "pid": [self.pid],
+            "start": [start],
+            "end": [time.time()],
+            "gpu": [context.get_assigned_resources().get("GPU", 0.0)],
+            "cuda_visible_devices": [os.environ.get("CUDA_VISIBLE_DEVICES")],
+        }
 
 
 def test_workers_share_a_gpu_by_fractions(tmp_path, monkeypatch):
@@ -280,8 +332,10 @@ def test_a_lone_surrogate_costs_only_its_record(project, ray_model, tmp_path):
     keeps it, escaped, in valid UTF-8."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    (inputs / "news.jsonl").write_text('{"id": 1, "text": "Bill Gates met Reuters in London ."}\n'
-                                       '{"id": 2, "title": "bad \\udc80", "text": "Angela Merkel visited Ajax ."}\n')
+    (inputs / "news.jsonl").write_text(
+        '{"id": 1, "text": "Bill Gates met Reuters in London ."}\n'
+        '{"id": 2, "title": "bad \\udc80", "text": "Angela Merkel visited Ajax ."}\n'
+    )
     parquet_out = tmp_path / "parquet-out"
     summary = annotate_ray(project, inputs, parquet_out, ray_model)
     assert (summary["annotated"], summary["malformed"]) == (1, 1)

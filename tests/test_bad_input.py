@@ -1,5 +1,6 @@
 """Issue 23: no input destroyed, no run lost to one bad record, every bad argument a one-line error.
 After each failure the input files and earlier outputs are byte for byte as they were."""
+
 import json
 import subprocess
 import sys
@@ -27,10 +28,12 @@ def one_line_error(result, *fragments):
 @pytest.fixture
 def jsonl(tmp_path):
     source = tmp_path / "in.jsonl"
-    source.write_text('{"id": 1, "text": "Bill Gates met Reuters in London ."}\n'
-                      '{"id": 2, "title": "bad \\udc80", "text": "Angela Merkel visited Microsoft ."}\n'
-                      '{"id": 3, "text": "x \\ud800 y"}\n'
-                      '{"id": 4, "text": "Steffi Graf joined Ajax .", "entities": ["theirs"]}\n')
+    source.write_text(
+        '{"id": 1, "text": "Bill Gates met Reuters in London ."}\n'
+        '{"id": 2, "title": "bad \\udc80", "text": "Angela Merkel visited Microsoft ."}\n'
+        '{"id": 3, "text": "x \\ud800 y"}\n'
+        '{"id": 4, "text": "Steffi Graf joined Ajax .", "entities": ["theirs"]}\n'
+    )
     previous = tmp_path / "prev.jsonl"
     previous.write_text("the previous output\n")
     return source, previous
@@ -39,8 +42,9 @@ def jsonl(tmp_path):
 def test_a_lone_surrogate_costs_at_most_its_own_record(project, jsonl, tmp_path):
     source, _ = jsonl
     output = tmp_path / "out.jsonl"
-    result = predict(project, str(source), "--model", "training/model-release", "--output", str(output),
-                     "--on-error", "skip")
+    result = predict(
+        project, str(source), "--model", "training/model-release", "--output", str(output), "--on-error", "skip"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{source}:3: field 'text' holds a lone surrogate (\\ud800)" in result.stderr
     raw = output.read_bytes()
@@ -53,14 +57,22 @@ def test_a_lone_surrogate_costs_at_most_its_own_record(project, jsonl, tmp_path)
     assert [json.loads(line)["id"] for line in stdout.stdout.splitlines()] == [1, 2, 4]
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--batch-size", "0", "--batch-size"), ("--batch-size", "-1", "--batch-size"), ("--n-process", "0", "--n-process"),
-    ("--min-score", "5", "--min-score"), ("--min-score", "nan", "--min-score"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--batch-size", "0", "--batch-size"),
+        ("--batch-size", "-1", "--batch-size"),
+        ("--n-process", "0", "--n-process"),
+        ("--min-score", "5", "--min-score"),
+        ("--min-score", "nan", "--min-score"),
+    ],
+)
 def test_bad_numbers_are_refused_before_any_work(project, jsonl, option, value, message):
     source, previous = jsonl
     before = previous.read_bytes()
-    result = predict(project, str(source), "--model", "training/model-release", "--output", str(previous), option, value)
+    result = predict(
+        project, str(source), "--model", "training/model-release", "--output", str(previous), option, value
+    )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert previous.read_bytes() == before
 
@@ -71,21 +83,41 @@ def test_output_on_the_input_is_refused(project, jsonl, tmp_path):
     link = tmp_path / "link.jsonl"
     link.symlink_to(source)
     for output in (source, link):
-        one_line_error(predict(project, str(source), "--model", "training/model-release", "--output", str(output)),
-                       "is also the output", "Fix:")
+        one_line_error(
+            predict(project, str(source), "--model", "training/model-release", "--output", str(output)),
+            "is also the output",
+            "Fix:",
+        )
     assert source.read_bytes() == before
 
 
 def test_unwritable_outputs_stop_before_the_first_record(project, jsonl, tmp_path):
     source, previous = jsonl
     (tmp_path / "a-directory").mkdir()
-    cases = [("--output", str(tmp_path / "a-directory"), "is a directory"),
-             ("--output", str(previous / "x.jsonl"), "cannot write there"),
-             ("--html", "/proc/conll-test.html", "cannot write there")]
+    cases = [
+        ("--output", str(tmp_path / "a-directory"), "is a directory"),
+        ("--output", str(previous / "x.jsonl"), "cannot write there"),
+        ("--html", "/proc/conll-test.html", "cannot write there"),
+    ]
     for option, path, message in cases:
-        one_line_error(predict(project, str(source), "--model", "training/model-release", option, path), option, message)
-    one_line_error(run(project, "-m", "scripts.evaluate", "training/model-release", "corpus/test.spacy", "--output",
-                       "/proc/conll-test.json", "--code", CODE), "--output", "cannot write there")
+        one_line_error(
+            predict(project, str(source), "--model", "training/model-release", option, path), option, message
+        )
+    one_line_error(
+        run(
+            project,
+            "-m",
+            "scripts.evaluate",
+            "training/model-release",
+            "corpus/test.spacy",
+            "--output",
+            "/proc/conll-test.json",
+            "--code",
+            CODE,
+        ),
+        "--output",
+        "cannot write there",
+    )
     one_line_error(run(project, "-m", "scripts.convert", str(previous), "--conll-dir", "no-such-dir"), "is a file")
     assert previous.read_text() == "the previous output\n"
 
@@ -97,8 +129,9 @@ def test_an_unreadable_file_is_a_bad_record(project, tmp_path):
     (inputs / "b.txt").symlink_to("/proc/self/mem")  # a regular file whose read fails
     (inputs / "c.TXT").write_text("Angela Merkel visited London .")
     output = tmp_path / "out.jsonl"
-    result = predict(project, str(inputs), "--model", "training/model-release", "--output", str(output),
-                     "--on-error", "skip")
+    result = predict(
+        project, str(inputs), "--model", "training/model-release", "--output", str(output), "--on-error", "skip"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{inputs / 'b.txt'}: cannot read" in result.stderr
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -113,8 +146,9 @@ def test_model_errors_are_one_line(project, jsonl, tmp_path):
     # A pipeline directory without --code: the project's packaged code is found.
     result = predict(project, str(source), "--model", "training/model-release", "--on-error", "skip")
     assert result.returncode == 0 and result.stdout.strip(), result.stderr[-2000:]
-    one_line_error(predict(project, str(source), "--model", "training/model-best", "--min-score", "0.5"),
-                   "no entity_confidence")
+    one_line_error(
+        predict(project, str(source), "--model", "training/model-best", "--min-score", "0.5"), "no entity_confidence"
+    )
 
 
 def test_evaluate_names_a_bad_corpus_file(project, tmp_path):
@@ -129,11 +163,28 @@ def test_evaluate_names_a_bad_corpus_file(project, tmp_path):
     no_ents.add(spacy.blank("en")("Hello world"))
     no_ents.to_disk(tmp_path / "noents.spacy")
     output = tmp_path / "test.json"
-    for name, message in (("empty", "not a readable DocBin"), ("random", "not a readable DocBin"),
-                          ("truncated", "not a readable DocBin"), ("nodocs", "holds no documents"),
-                          ("noents", "no entity annotation")):
-        one_line_error(run(project, "-m", "scripts.evaluate", "training/model-release", str(tmp_path / f"{name}.spacy"),
-                           "--output", str(output), "--code", CODE), f"{name}.spacy", message)
+    for name, message in (
+        ("empty", "not a readable DocBin"),
+        ("random", "not a readable DocBin"),
+        ("truncated", "not a readable DocBin"),
+        ("nodocs", "holds no documents"),
+        ("noents", "no entity annotation"),
+    ):
+        one_line_error(
+            run(
+                project,
+                "-m",
+                "scripts.evaluate",
+                "training/model-release",
+                str(tmp_path / f"{name}.spacy"),
+                "--output",
+                str(output),
+                "--code",
+                CODE,
+            ),
+            f"{name}.spacy",
+            message,
+        )
     assert not output.exists()
 
 
@@ -162,7 +213,9 @@ def test_convert_writes_all_splits_or_none(project, conll_dir, tmp_path, monkeyp
     monkeypatch.undo()
     convert.convert(output, conll_dir, n_sents=2)
     assert all((output / f"{split}.spacy").read_bytes()[:7] != b"earlier" for split in ("train", "dev", "test"))
-    result = run(project, "-m", "scripts.convert", str(tmp_path / "c2"), "--conll-dir", str(conll_dir), "--n-sents", "0")
+    result = run(
+        project, "-m", "scripts.convert", str(tmp_path / "c2"), "--conll-dir", str(conll_dir), "--n-sents", "0"
+    )
     assert result.returncode == 2 and "--n-sents" in result.stderr
 
 
@@ -171,12 +224,26 @@ def test_sigterm_removes_the_temporary_output(project, tmp_path):
     import time
 
     source = tmp_path / "many.jsonl"
-    source.write_text("".join(json.dumps({"id": i, "text": "Bill Gates met Reuters in London ."}) + "\n"
-                              for i in range(20000)))
+    source.write_text(
+        "".join(json.dumps({"id": i, "text": "Bill Gates met Reuters in London ."}) + "\n" for i in range(20000))
+    )
     output = tmp_path / "out.jsonl"
     output.write_text("earlier\n")
-    process = subprocess.Popen([sys.executable, "-m", "annotate.predict", str(source), "--model", "training/model-release",
-                                "--output", str(output)], cwd=project, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "annotate.predict",
+            str(source),
+            "--model",
+            "training/model-release",
+            "--output",
+            str(output),
+        ],
+        cwd=project,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not list(tmp_path.glob(".out.jsonl.*.tmp")) and time.time() < deadline:
         time.sleep(0.2)

@@ -1,4 +1,5 @@
 """bench-overhead's script on the tiny test pipeline: the variants run, agree, and are reported."""
+
 import json
 import subprocess
 import sys
@@ -12,8 +13,20 @@ FROM_ARRAYS = f"from arrays, spaCy {spacy.__version__}"
 
 
 def overhead_command(output, *options):
-    return [sys.executable, "-m", "benchmarks.benchmark_overhead", "training/model-release",
-            "corpus/test.spacy", "--output", str(output), "--code", CODE, "--repetitions", "1", *options]
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.benchmark_overhead",
+        "training/model-release",
+        "corpus/test.spacy",
+        "--output",
+        str(output),
+        "--code",
+        CODE,
+        "--repetitions",
+        "1",
+        *options,
+    ]
 
 
 def test_overhead_benchmark_reports_both_variants(project, tmp_path):
@@ -51,8 +64,12 @@ def test_a_baseline_python_that_cannot_run_it_is_a_one_line_error(project, tmp_p
     broken_python.write_text("#!/bin/sh\necho 'No module named spacy' >&2\nexit 1\n")
     broken_python.chmod(0o755)
     output = tmp_path / "overhead.json"
-    finished = subprocess.run(overhead_command(output, "--baseline-python", str(broken_python), "--no-report"),
-                              cwd=project, capture_output=True, text=True)
+    finished = subprocess.run(
+        overhead_command(output, "--baseline-python", str(broken_python), "--no-report"),
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
     assert finished.returncode == 1 and not output.exists()
     assert f"Error: the benchmark stopped in {broken_python}" in finished.stderr
     assert "Traceback" not in finished.stderr

@@ -27,16 +27,45 @@ def write(tmp_path: Path, text: str, name: str = "train.txt") -> Path:
     return path
 
 
-IOB2_SENTENCE = [("Bill", "B-PER"), ("Gates", "I-PER"), ("met", "O"), ("Steffi", "B-PER"), ("Graf", "I-PER"),
-                 ("and", "O"), ("Angela", "B-PER"), ("Merkel", "I-PER"), ("in", "O"), ("New", "B-LOC"),
-                 ("York", "I-LOC"), ("Microsoft", "B-ORG"), (".", "O")]
+IOB2_SENTENCE = [
+    ("Bill", "B-PER"),
+    ("Gates", "I-PER"),
+    ("met", "O"),
+    ("Steffi", "B-PER"),
+    ("Graf", "I-PER"),
+    ("and", "O"),
+    ("Angela", "B-PER"),
+    ("Merkel", "I-PER"),
+    ("in", "O"),
+    ("New", "B-LOC"),
+    ("York", "I-LOC"),
+    ("Microsoft", "B-ORG"),
+    (".", "O"),
+]
 # The same sentence in IOB1, as in the original eng.train: I- opens entities, B- only
 # separates two adjacent entities of one type.
-IOB1_SENTENCE = [("Bill", "I-PER"), ("Gates", "I-PER"), ("met", "O"), ("Steffi", "I-PER"), ("Graf", "I-PER"),
-                 ("and", "O"), ("Angela", "I-PER"), ("Merkel", "I-PER"), ("in", "O"), ("New", "I-LOC"),
-                 ("York", "I-LOC"), ("Microsoft", "I-ORG"), (".", "O")]
-EXPECTED_ENTS = [("Bill Gates", "PER"), ("Steffi Graf", "PER"), ("Angela Merkel", "PER"), ("New York", "LOC"),
-                 ("Microsoft", "ORG")]
+IOB1_SENTENCE = [
+    ("Bill", "I-PER"),
+    ("Gates", "I-PER"),
+    ("met", "O"),
+    ("Steffi", "I-PER"),
+    ("Graf", "I-PER"),
+    ("and", "O"),
+    ("Angela", "I-PER"),
+    ("Merkel", "I-PER"),
+    ("in", "O"),
+    ("New", "I-LOC"),
+    ("York", "I-LOC"),
+    ("Microsoft", "I-ORG"),
+    (".", "O"),
+]
+EXPECTED_ENTS = [
+    ("Bill Gates", "PER"),
+    ("Steffi Graf", "PER"),
+    ("Angela Merkel", "PER"),
+    ("New York", "LOC"),
+    ("Microsoft", "ORG"),
+]
 
 
 def convert_sentence(tmp_path, sentence):
@@ -102,12 +131,16 @@ def test_original_file_names_are_accepted(tmp_path):
 def write_hub_copy(tmp_path: Path, tag_names, rows) -> str:
     """A local parquet copy laid out like the hub's parquet branch, its tags a ClassLabel feature."""
     datasets = pytest.importorskip("datasets")
-    features = datasets.Features({
-        "tokens": datasets.Sequence(datasets.Value("string")),
-        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=tag_names)),
-    })
-    rows = {"tokens": [[w for w, _ in row] for row in rows],
-            "ner_tags": [[tag_names.index(t) for _, t in row] for row in rows]}
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=tag_names)),
+        }
+    )
+    rows = {
+        "tokens": [[w for w, _ in row] for row in rows],
+        "ner_tags": [[tag_names.index(t) for _, t in row] for row in rows],
+    }
     hub_dir = tmp_path / "hub" / "data"
     hub_dir.mkdir(parents=True)
     for split in ("train", "validation", "test"):
@@ -128,12 +161,22 @@ def test_hub_dataset_source(tmp_path):
 def test_hub_dataset_labels_come_from_its_features(tmp_path):
     """Another dataset with tokens and ner_tags: its own label names, in its own order, in BIOES."""
     names = ["O", "S-GPE", "B-PRODUCT", "E-PRODUCT", "B-PERSON", "I-PERSON", "E-PERSON"]
-    row = [("Ada", "B-PERSON"), ("Byron", "E-PERSON"), ("bought", "O"), ("Windows", "B-PRODUCT"),
-           ("95", "E-PRODUCT"), ("in", "O"), ("Paris", "S-GPE")]
+    row = [
+        ("Ada", "B-PERSON"),
+        ("Byron", "E-PERSON"),
+        ("bought", "O"),
+        ("Windows", "B-PRODUCT"),
+        ("95", "E-PRODUCT"),
+        ("in", "O"),
+        ("Paris", "S-GPE"),
+    ]
     summaries = convert.convert(tmp_path / "corpus", hub_id=write_hub_copy(tmp_path, names, [row]), revision="")
     assert summaries["train"]["per_label"] == {"GPE": 1, "PERSON": 1, "PRODUCT": 1}
     assert ents(load_docs(tmp_path / "corpus" / "dev.spacy")[0]) == [
-        ("Ada Byron", "PERSON"), ("Windows 95", "PRODUCT"), ("Paris", "GPE")]
+        ("Ada Byron", "PERSON"),
+        ("Windows 95", "PRODUCT"),
+        ("Paris", "GPE"),
+    ]
     info = json.loads((tmp_path / "corpus" / "corpus.json").read_text())
     assert info["tag_schemes"] == {"train": "bioes", "dev": "bioes", "test": "bioes"}
     assert info["labels"] == ["GPE", "PERSON", "PRODUCT"] and not info["conll2003"]
@@ -146,8 +189,11 @@ def test_hub_dataset_labels_come_from_its_features(tmp_path):
         ("EU NNP B-NP ORG\n", 1, "tag 'ORG' is not O or a prefix"),
         ("EU NNP B-NP b-org\n", 1, "tag 'b-org' is not O or a prefix"),
         ("EU\n", 1, "one column only"),
-        ("Bill NNP B-NP B-PER\nGates NNP I-NP I-LOC\n", 2,
-         "mixes tag schemes: I-LOC after B-PER opens an entity with I-"),
+        (
+            "Bill NNP B-NP B-PER\nGates NNP I-NP I-LOC\n",
+            2,
+            "mixes tag schemes: I-LOC after B-PER opens an entity with I-",
+        ),
         ("", None, "file is empty"),
         ("\n\n  \n", None, "file is empty"),
         ("-DOCSTART- -X- -X- O\n\n", None, "holds no tokens"),
@@ -212,8 +258,16 @@ CONLL2003_DOC_DIGESTS = {
 def doc_digest(docs) -> str:
     digest = hashlib.sha256()
     for doc in docs:
-        digest.update(json.dumps([[t.text for t in doc], [t.whitespace_ for t in doc], [t.is_sent_start for t in doc],
-                                  [(e.start, e.end, e.label_) for e in doc.ents]]).encode())
+        digest.update(
+            json.dumps(
+                [
+                    [t.text for t in doc],
+                    [t.whitespace_ for t in doc],
+                    [t.is_sent_start for t in doc],
+                    [(e.start, e.end, e.label_) for e in doc.ents],
+                ]
+            ).encode()
+        )
     return digest.hexdigest()
 
 
@@ -221,8 +275,12 @@ def doc_digest(docs) -> str:
 def test_real_conll2003_counts_and_docs(tmp_path):
     summaries = convert.convert(tmp_path, SHARED_CONLL, n_sents=10)
     expected = {
-        "train": {"sentences": 14041, "tokens": 203621, "entities": 23499,
-                  "per_label": {"PER": 6600, "ORG": 6321, "LOC": 7140, "MISC": 3438}},
+        "train": {
+            "sentences": 14041,
+            "tokens": 203621,
+            "entities": 23499,
+            "per_label": {"PER": 6600, "ORG": 6321, "LOC": 7140, "MISC": 3438},
+        },
         "dev": {"sentences": 3250, "tokens": 51362, "entities": 5942},
         "test": {"sentences": 3453, "tokens": 46435, "entities": 5648},
     }
@@ -244,8 +302,15 @@ SCHEME_TAGS = {
     "biluo": "B-PERSON L-PERSON O U-GPE U-GPE U-GPE U-DATE O O B-PRODUCT I-PRODUCT L-PRODUCT",
 }
 SINGLE = {"iob2": "B-GPE", "iob1": "I-GPE", "bioes": "S-GPE", "biluo": "U-GPE"}
-SCHEME_ENTS = [("Ada Lovelace", "PERSON"), ("Paris", "GPE"), ("London", "GPE"), ("Rome", "GPE"), ("Monday", "DATE"),
-               ("iPhone 15 Pro", "PRODUCT"), ("Berlin", "GPE")]
+SCHEME_ENTS = [
+    ("Ada Lovelace", "PERSON"),
+    ("Paris", "GPE"),
+    ("London", "GPE"),
+    ("Rome", "GPE"),
+    ("Monday", "DATE"),
+    ("iPhone 15 Pro", "PRODUCT"),
+    ("Berlin", "GPE"),
+]
 
 
 def two_column_file(tmp_path: Path, sentences, name: str = "train.txt") -> Path:
@@ -275,20 +340,37 @@ def mixed_file(tmp_path: Path, replace: dict) -> Path:
     return two_column_file(tmp_path, sentences * 2)
 
 
-@pytest.mark.parametrize("scheme,replace,line,message", [
-    # One stray I- after O in an IOB2 file, which today would have read the whole file as IOB1.
-    ("iob2", {(0, 6): "I-DATE"}, 7, "mixes tag schemes: I-DATE after B-GPE opens an entity with I-, as only IOB1 "
-     "does (lines 7, 22), but B-PERSON after the sentence start opens an entity with B-, as IOB1 never does (8 "
-     "lines from line 1). Fix: write the tags in one scheme"),
-    # The issue's B-PER I-LOC: in IOB2 not two entities but a mistake.
-    ("iob2", {(1, 0): "I-GPE"}, 14, "mixes tag schemes: I-GPE after the sentence start opens an entity with I-"),
-    ("bioes", {(0, 1): "L-PERSON"}, 2, "mixes tag schemes: L-PERSON after B-PERSON is a BILUO tag (L- or U-) "
-     "(lines 2, 17), but S-GPE after O is a BIOES tag (S- or E-) (12 lines from line 4)"),
-    # An IOB2 entity in a BIOES file: it is never closed.
-    ("bioes", {(0, 11): "I-PRODUCT"}, 12, "the sentence ends: the entity of type PRODUCT is not closed with E- "
-     "(the file is read as BIOES, detected)"),
-    ("bioes", {(1, 0): "B-GPE"}, 14, "the sentence ends: the entity of type GPE is not closed with E-"),
-])
+@pytest.mark.parametrize(
+    "scheme,replace,line,message",
+    [
+        # One stray I- after O in an IOB2 file, which today would have read the whole file as IOB1.
+        (
+            "iob2",
+            {(0, 6): "I-DATE"},
+            7,
+            "mixes tag schemes: I-DATE after B-GPE opens an entity with I-, as only IOB1 "
+            "does (lines 7, 22), but B-PERSON after the sentence start opens an entity with B-, as IOB1 never does (8 "
+            "lines from line 1). Fix: write the tags in one scheme",
+        ),
+        # The issue's B-PER I-LOC: in IOB2 not two entities but a mistake.
+        ("iob2", {(1, 0): "I-GPE"}, 14, "mixes tag schemes: I-GPE after the sentence start opens an entity with I-"),
+        (
+            "bioes",
+            {(0, 1): "L-PERSON"},
+            2,
+            "mixes tag schemes: L-PERSON after B-PERSON is a BILUO tag (L- or U-) "
+            "(lines 2, 17), but S-GPE after O is a BIOES tag (S- or E-) (12 lines from line 4)",
+        ),
+        # An IOB2 entity in a BIOES file: it is never closed.
+        (
+            "bioes",
+            {(0, 11): "I-PRODUCT"},
+            12,
+            "the sentence ends: the entity of type PRODUCT is not closed with E- (the file is read as BIOES, detected)",
+        ),
+        ("bioes", {(1, 0): "B-GPE"}, 14, "the sentence ends: the entity of type GPE is not closed with E-"),
+    ],
+)
 def test_a_file_that_mixes_schemes_is_reported_with_its_lines(tmp_path, scheme, replace, line, message):
     path = mixed_file(tmp_path, {"scheme": scheme, **replace})
     with pytest.raises(ConllFormatError) as err:
@@ -301,8 +383,10 @@ def test_a_forced_scheme_names_the_first_tag_that_breaks_it(tmp_path):
     path = two_column_file(tmp_path, scheme_sentences("iob1"))
     with pytest.raises(ConllFormatError) as err:
         read_conll_file(path, scheme="iob2")
-    assert str(err.value) == (f"{path}:1: I-PERSON follows the sentence start: an I- tag continues an entity of its "
-                              "type (IOB2 entities start with B-) (the file is read as IOB2, forced)")
+    assert str(err.value) == (
+        f"{path}:1: I-PERSON follows the sentence start: an I- tag continues an entity of its "
+        "type (IOB2 entities start with B-) (the file is read as IOB2, forced)"
+    )
     with pytest.raises(ConllFormatError, match=r"train.txt:2: L-PERSON: BIOES has no L- tags"):
         read_conll_file(two_column_file(tmp_path, scheme_sentences("biluo")), scheme="bioes")
 
@@ -319,7 +403,8 @@ def test_a_label_only_in_dev_gets_a_warning_that_names_it(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert result.stderr.splitlines() == [
         f"Warning: {corpus_dir / 'valid.txt'}: label DRINK is in dev but never in train ({corpus_dir / 'train.txt'}); "
-        "the model cannot learn it, and its dev entities count as missed."]
+        "the model cannot learn it, and its dev entities count as missed."
+    ]
     # The summary has a column per label found, in any split.
     header = next(line for line in result.stdout.splitlines() if line.startswith("split"))
     assert header.split()[-5:] == ["DATE", "DRINK", "GPE", "PERSON", "PRODUCT"]
@@ -334,8 +419,9 @@ def test_file_names_tag_column_bom_and_words_with_spaces(tmp_path):
     for name in ("a.train", "a.dev", "a.test"):
         (corpus_dir / name).write_text(lines, encoding="utf-8")
     names = {"train": "a.train", "dev": "a.dev", "test": "a.test"}
-    summaries = convert.convert(tmp_path / "corpus", corpus_dir, tag_column=1, n_sents=1, file_names=names,
-                                name="city-news")
+    summaries = convert.convert(
+        tmp_path / "corpus", corpus_dir, tag_column=1, n_sents=1, file_names=names, name="city-news"
+    )
     assert summaries["train"]["documents"] == 1 and summaries["train"]["docs"] == 2
     docs = load_docs(tmp_path / "corpus" / "test.spacy")
     assert [t.text for t in docs[0]] == ["New York", "is", "big"]

@@ -1,11 +1,14 @@
 """The entity confidence is the NER's own probability of the entity: checked against spaCy's own
 parser states, driven one transition at a time along the NER's greedy analysis."""
+
 import numpy
 from spacy.tokens import Doc
 from spacy.training.iob_utils import doc_to_biluo_tags
 
-TEXTS = ["Bill Gates was the CEO of Microsoft in Seattle , Washington .",
-         "Angela Merkel met Reuters in London on Monday , and flew to Berlin ."]
+TEXTS = [
+    "Bill Gates was the CEO of Microsoft in Seattle , Washington .",
+    "Angela Merkel met Reuters in London on Monday , and flew to Berlin .",
+]
 
 
 def state_log_probs(nlp, doc) -> numpy.ndarray:

@@ -2,6 +2,7 @@
 gpu-check`), skipped with the reason elsewhere: fp16 training, evaluate and predict on the GPU, and
 the release pipeline giving on the GPU the entities it gives on the CPU. They train their own tiny
 model on the GPU, so that they take about a minute there."""
+
 import json
 import sys
 
@@ -32,15 +33,62 @@ def gpu_project(tmp_path_factory, tiny_transformer, conll_dir):
     confidences: what the GPU tests need, in seconds (the CPU-trained `project` fixture, a wheel
     included, takes minutes, and GPU time is scarce)."""
     project = tmp_path_factory.mktemp("gpu-project")
-    run_checked([sys.executable, "-m", "scripts.convert", str(project / "corpus"), "--conll-dir", str(conll_dir),
-                 "--n-sents", "2"], cwd=ROOT)
-    run_checked([sys.executable, "-m", "scripts.train", "configs/ner_transformer.cfg", "--output",
-                 str(project / "training"), "--code", CODE, "--gpu-id", GPU, "--train", str(project / "corpus/train.spacy"),
-                 "--dev", str(project / "corpus/dev.spacy"), "--transformer", str(tiny_transformer),
-                 "--max-steps", "60", "--eval-frequency", "20", "--learn-rate", "1e-3", "--warmup-steps", "5",
-                 "--batch-size", "300"], cwd=ROOT)
-    run_checked([sys.executable, "-m", "scripts.assemble", str(project / "training/model-best"),
-                 str(project / "training/model-release"), "--code", CODE], cwd=ROOT)
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "scripts.convert",
+            str(project / "corpus"),
+            "--conll-dir",
+            str(conll_dir),
+            "--n-sents",
+            "2",
+        ],
+        cwd=ROOT,
+    )
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "scripts.train",
+            "configs/ner_transformer.cfg",
+            "--output",
+            str(project / "training"),
+            "--code",
+            CODE,
+            "--gpu-id",
+            GPU,
+            "--train",
+            str(project / "corpus/train.spacy"),
+            "--dev",
+            str(project / "corpus/dev.spacy"),
+            "--transformer",
+            str(tiny_transformer),
+            "--max-steps",
+            "60",
+            "--eval-frequency",
+            "20",
+            "--learn-rate",
+            "1e-3",
+            "--warmup-steps",
+            "5",
+            "--batch-size",
+            "300",
+        ],
+        cwd=ROOT,
+    )
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "scripts.assemble",
+            str(project / "training/model-best"),
+            str(project / "training/model-release"),
+            "--code",
+            CODE,
+        ],
+        cwd=ROOT,
+    )
     return project
 
 
@@ -59,9 +107,22 @@ def test_evaluate_on_gpu_scores_like_the_cpu(gpu_project, tmp_path):
     scores = {}
     for device in ("-1", GPU):
         output = tmp_path / f"test{device}.json"
-        run_checked([sys.executable, "-m", "scripts.evaluate", str(gpu_project / "training/model-release"),
-                     str(gpu_project / "corpus/test.spacy"), "--output", str(output), "--code", CODE,
-                     "--gpu-id", device], cwd=ROOT)
+        run_checked(
+            [
+                sys.executable,
+                "-m",
+                "scripts.evaluate",
+                str(gpu_project / "training/model-release"),
+                str(gpu_project / "corpus/test.spacy"),
+                "--output",
+                str(output),
+                "--code",
+                CODE,
+                "--gpu-id",
+                device,
+            ],
+            cwd=ROOT,
+        )
         scores[device] = json.loads(output.read_text())
     assert scores[GPU]["seqeval_f"] == pytest.approx(scores["-1"]["seqeval_f"], abs=0.02)
     assert scores[GPU]["seqeval_f"] > 0.3  # 60 steps teach the sample data's entities on the GPU too
@@ -104,10 +165,25 @@ def test_predict_on_gpu(gpu_project, tmp_path):
     outputs = {}
     for device in ("-1", GPU):
         outputs[device] = tmp_path / f"out{device}.jsonl"
-        run_checked([sys.executable, "-m", "annotate.predict", str(source), "--model",
-                     str(gpu_project / "training/model-release"), "--code", CODE, "--output", str(outputs[device]),
-                     "--gpu-id", device], cwd=ROOT)
+        run_checked(
+            [
+                sys.executable,
+                "-m",
+                "annotate.predict",
+                str(source),
+                "--model",
+                str(gpu_project / "training/model-release"),
+                "--code",
+                CODE,
+                "--output",
+                str(outputs[device]),
+                "--gpu-id",
+                device,
+            ],
+            cwd=ROOT,
+        )
     on_cpu, on_gpu = ([json.loads(line) for line in path.read_text().splitlines()] for path in outputs.values())
     assert [r["id"] for r in on_gpu] == [0, 1, 2]
-    assert [[(e["start"], e["end"], e["entity_group"]) for e in r["entities"]] for r in on_gpu] == \
-        [[(e["start"], e["end"], e["entity_group"]) for e in r["entities"]] for r in on_cpu]
+    assert [[(e["start"], e["end"], e["entity_group"]) for e in r["entities"]] for r in on_gpu] == [
+        [(e["start"], e["end"], e["entity_group"]) for e in r["entities"]] for r in on_cpu
+    ]

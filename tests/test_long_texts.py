@@ -1,5 +1,6 @@
 """Texts beyond nlp.max_length are annotated whole: piece by piece, no entity split at a cut, the
 offsets pointing into the original text, confidences kept; shorter texts exactly as before."""
+
 import json
 import random
 import sys
@@ -112,18 +113,39 @@ def test_predict_annotates_a_record_over_the_limit_whole(project, nlp, tmp_path)
     text = insert_marker(text, text.index(" . ", 600_000) + 3) + " " + MARKER
     assert len(text) > 1_200_000
     source = tmp_path / "in.jsonl"
-    source.write_text(json.dumps({"id": 1, "text": "Angela Merkel met Reuters in London ."}) + "\n"
-                      + json.dumps({"id": 2, "text": text}) + "\n" + json.dumps({"id": 3, "text": MARKER}) + "\n")
+    source.write_text(
+        json.dumps({"id": 1, "text": "Angela Merkel met Reuters in London ."})
+        + "\n"
+        + json.dumps({"id": 2, "text": text})
+        + "\n"
+        + json.dumps({"id": 3, "text": MARKER})
+        + "\n"
+    )
     output = tmp_path / "out.jsonl"
-    run_checked([sys.executable, "-m", "annotate.predict", str(source), "--output", str(output), "--on-error", "skip",
-                 "--model", "training/model-release", "--code", CODE], cwd=project)
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "annotate.predict",
+            str(source),
+            "--output",
+            str(output),
+            "--on-error",
+            "skip",
+            "--model",
+            "training/model-release",
+            "--code",
+            CODE,
+        ],
+        cwd=project,
+    )
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert [r["id"] for r in records] == [1, 2, 3]
     assert ("PER", "Angela Merkel") in [(e["entity_group"], e["word"]) for e in records[0]["entities"]]
     assert ("PER", "Bill Gates") in [(e["entity_group"], e["word"]) for e in records[2]["entities"]]
     long_entities = records[1]["entities"]
     found = [(e["start"], e["end"], e["entity_group"]) for e in long_entities]
-    assert all(text[e["start"]:e["end"]] == e["word"] for e in long_entities)
+    assert all(text[e["start"] : e["end"]] == e["word"] for e in long_entities)
     assert_valid_entities(found, [e["score"] for e in long_entities])
     # The same entities as the whole text annotated at once, with the limit raised for the test (the
     # entities are compared, so the confidences are left out).

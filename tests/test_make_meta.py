@@ -1,4 +1,5 @@
 """The model card's backbone: what was trained, found in the pipeline, never a default name."""
+
 import shutil
 
 from scripts.make_meta import local_model_card_license, trained_backbone
@@ -15,7 +16,12 @@ def test_backbone_from_a_hub_name_in_the_config(project, tmp_path):
     backbone = trained_backbone(pipeline)
     assert backbone["name"] == backbone["trained_name"] == "acme/ner-base-cased"
     assert backbone["url"] == "https://huggingface.co/acme/ner-base-cased"
-    assert (backbone["model_type"], backbone["layers"], backbone["hidden"], backbone["cased"]) == ("distilbert", 1, 32, True)
+    assert (backbone["model_type"], backbone["layers"], backbone["hidden"], backbone["cased"]) == (
+        "distilbert",
+        1,
+        32,
+        True,
+    )
     assert backbone["license"] is None
 
 
@@ -26,7 +32,9 @@ def test_backbone_from_a_local_directory(project, tiny_transformer):
 
 
 def test_license_from_the_model_cards_front_matter(tmp_path):
-    (tmp_path / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\ntags:\n- x\n---\n# A model\nlicense: mit\n")
+    (tmp_path / "README.md").write_text(
+        "---\nlanguage: en\nlicense: apache-2.0\ntags:\n- x\n---\n# A model\nlicense: mit\n"
+    )
     assert local_model_card_license(tmp_path) == "apache-2.0"
     (tmp_path / "README.md").write_text("# A model without front matter\nlicense: mit\n")
     assert local_model_card_license(tmp_path) is None

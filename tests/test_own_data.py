@@ -2,6 +2,7 @@
 PRODUCT), two tab-separated columns, BIOES tags, no -DOCSTART-, converted, trained, evaluated and
 packaged under its own name by `spacy project run all`; the wheel, the report and the model card know
 only those types."""
+
 import json
 import random
 import sys
@@ -23,8 +24,15 @@ def bioes(words: str, label: str):
 
 
 def own_sentence(rng: random.Random):
-    return (bioes(rng.choice(PEOPLE), "PERSON") + [("bought", "O"), ("a", "O")] + bioes(rng.choice(PRODUCTS), "PRODUCT")
-            + [("in", "O")] + bioes(rng.choice(PLACES), "GPE") + bioes(rng.choice(DATES), "DATE") + [(".", "O")])
+    return (
+        bioes(rng.choice(PEOPLE), "PERSON")
+        + [("bought", "O"), ("a", "O")]
+        + bioes(rng.choice(PRODUCTS), "PRODUCT")
+        + [("in", "O")]
+        + bioes(rng.choice(PLACES), "GPE")
+        + bioes(rng.choice(DATES), "DATE")
+        + [(".", "O")]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +63,8 @@ def test_seqeval_scores_its_labels_and_the_report_shows_them(own_project):
     assert sorted(scores["seqeval_per_type"]) == LABELS
     assert scores["seqeval_f"] > 0.3  # the 1-layer model learns some of the easy sample
     report = (own_project / "metrics/report.html").read_text()
-    scores_chart = report[report.index('id="scores-chart"'):report.index("</svg>", report.index('id="scores-chart"'))]
-    confusion = report[report.index("gold \\ predicted"):report.index("</table>", report.index("gold \\ predicted"))]
+    scores_chart = report[report.index('id="scores-chart"') : report.index("</svg>", report.index('id="scores-chart"'))]
+    confusion = report[report.index("gold \\ predicted") : report.index("</table>", report.index("gold \\ predicted"))]
     for label in LABELS:
         assert f">{label}<" in scores_chart, label
         assert f"<th>{label}</th>" in confusion and f"<td>{label}</td>" in confusion, label
@@ -67,15 +75,21 @@ def test_the_wheel_has_its_name_labels_and_card(own_project, tmp_path):
     wheels = list((own_project / "packages").glob("en_shop_ner-0.0.1/dist/*.whl"))
     assert len(wheels) == 1
     site = tmp_path / "site"
-    run_checked([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheels[0])], cwd=tmp_path)
-    info = run_in_clean_process(site, """
+    run_checked(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheels[0])],
+        cwd=tmp_path,
+    )
+    info = run_in_clean_process(
+        site,
+        """
 import json, pathlib, spacy
 nlp = spacy.load("en_shop_ner")
 package_dir = pathlib.Path(spacy.util.get_package_path("en_shop_ner"))
 doc = nlp("Bill Gates bought a Galaxy S9 in London last Friday .")
 print(json.dumps({"labels": list(nlp.get_pipe("ner").labels), "meta": nlp.meta,
                   "ents": [e.label_ for e in doc.ents], "readme": next(package_dir.glob("*/README.md")).read_text()}))
-""")
+""",
+    )
     assert info["labels"] == LABELS and set(info["ents"]) <= set(LABELS)
     meta, readme = info["meta"], info["readme"]
     assert meta["name"] == "shop_ner" and meta["title"] == "Shop NER" and readme.startswith("# Shop NER\n")
@@ -83,8 +97,10 @@ print(json.dumps({"labels": list(nlp.get_pipe("ner").labels), "meta": nlp.meta,
     assert "fine-tuned on shop-reviews" in meta["description"]
     per_type = meta["test_performance"]["seqeval_per_type"]
     for label in LABELS:
-        assert f"| {label} | {per_type[label]['p']:.4f} | {per_type[label]['r']:.4f} | {per_type[label]['f']:.4f} |" \
-            in readme, label
+        assert (
+            f"| {label} | {per_type[label]['p']:.4f} | {per_type[label]['r']:.4f} | {per_type[label]['f']:.4f} |"
+            in readme
+        ), label
     assert "Scores on the **test** split (shop-reviews, test, seqeval, word level)" in readme
     assert "Training data: **shop-reviews** (32 training sentences, tags read as BIOES; its own terms apply)" in readme
     assert "Named entities of the types DATE, GPE, PERSON, PRODUCT, as shop-reviews annotates them" in readme

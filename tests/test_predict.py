@@ -1,5 +1,6 @@
 """The predict CLI and the release pipeline on real-world input: offsets, JSONL in and out,
 bulk against single, long documents, odd text, malformed lines, and the displaCy page."""
+
 import json
 import os
 import random
@@ -32,7 +33,7 @@ def sample_texts(n: int, seed: int = 3):
 def assert_entities_match_text(text: str, entities):
     for ent in entities:
         assert set(ent) == {"entity_group", "score", "word", "start", "end"}
-        assert text[ent["start"]:ent["end"]] == ent["word"]
+        assert text[ent["start"] : ent["end"]] == ent["word"]
         assert ent["entity_group"] in {"PER", "ORG", "LOC", "MISC"}
         assert 0.0 <= ent["score"] <= 1.0
 
@@ -60,8 +61,12 @@ def test_jsonl_in_and_out_keeps_metadata(project, tmp_path):
 
 def test_stdin_text_file_and_directory(project, tmp_path):
     texts = sample_texts(3)
-    stdin_records = [json.loads(line) for line in predict(
-        project, "-", input_text="".join(json.dumps({"text": t}) + "\n" for t in texts)).stdout.splitlines()]
+    stdin_records = [
+        json.loads(line)
+        for line in predict(
+            project, "-", input_text="".join(json.dumps({"text": t}) + "\n" for t in texts)
+        ).stdout.splitlines()
+    ]
     docs = tmp_path / "docs"
     docs.mkdir()
     for i, text in enumerate(texts):
@@ -81,8 +86,9 @@ def test_bulk_and_one_by_one_give_the_same_output(project, tmp_path):
     single = [json.loads(line) for line in predict(project, str(source), "--batch-size", "1").stdout.splitlines()]
     assert len(bulk) == len(single) == len(texts)
     for b, s in zip(bulk, single):
-        assert [(e["entity_group"], e["start"], e["end"]) for e in b["entities"]] == \
-               [(e["entity_group"], e["start"], e["end"]) for e in s["entities"]]
+        assert [(e["entity_group"], e["start"], e["end"]) for e in b["entities"]] == [
+            (e["entity_group"], e["start"], e["end"]) for e in s["entities"]
+        ]
         assert [e["score"] for e in b["entities"]] == pytest.approx([e["score"] for e in s["entities"]], abs=1e-3)
 
 
@@ -108,8 +114,10 @@ def test_min_score_filters(project):
 
 def test_malformed_jsonl_skip_reports_line_numbers(project, tmp_path):
     source = tmp_path / "in.jsonl"
-    source.write_text('{"id": 1, "text": "Bill Gates met Reuters ."}\nnot json\n[1, 2]\n{"id": 4}\n'
-                      '{"id": 5, "text": "Angela Merkel visited London ."}\n')
+    source.write_text(
+        '{"id": 1, "text": "Bill Gates met Reuters ."}\nnot json\n[1, 2]\n{"id": 4}\n'
+        '{"id": 5, "text": "Angela Merkel visited London ."}\n'
+    )
     output = tmp_path / "out.jsonl"
     result = predict(project, str(source), "--output", str(output), "--on-error", "skip")
     assert f"{source}:2: not valid JSON" in result.stderr
@@ -120,8 +128,10 @@ def test_malformed_jsonl_skip_reports_line_numbers(project, tmp_path):
 
 def test_malformed_jsonl_stop_keeps_what_was_done(project, tmp_path):
     source = tmp_path / "in.jsonl"
-    source.write_text('{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "Ajax won ."}\n'
-                      '{broken\n{"id": 4, "text": "Angela Merkel visited London ."}\n')
+    source.write_text(
+        '{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "Ajax won ."}\n'
+        '{broken\n{"id": 4, "text": "Angela Merkel visited London ."}\n'
+    )
     output = tmp_path / "out.jsonl"
     output.write_text("earlier results\n")
     result = predict(project, str(source), "--output", str(output), check=False)
@@ -171,9 +181,19 @@ def test_memory_does_not_grow_with_the_stream(nlp):
     assert rss_mb() - after_warmup < 100
 
 
-ODD_TEXTS = ["", " ", "\n\n\t ", "🙂🙂 Bill Gates 🚀", "東京で Angela Merkel が会った", "مرحبا Reuters بالعالم",
-             "Bill\x00Gates\x07 met\x1b[31m Reuters", "x" * 5000, "Ajax " + "a" * 3000 + " London",
-             "\u200b\u200e\ufeff", "London" * 400]
+ODD_TEXTS = [
+    "",
+    " ",
+    "\n\n\t ",
+    "🙂🙂 Bill Gates 🚀",
+    "東京で Angela Merkel が会った",
+    "مرحبا Reuters بالعالم",
+    "Bill\x00Gates\x07 met\x1b[31m Reuters",
+    "x" * 5000,
+    "Ajax " + "a" * 3000 + " London",
+    "\u200b\u200e\ufeff",
+    "London" * 400,
+]
 
 
 @pytest.mark.parametrize("text", ODD_TEXTS)
@@ -181,19 +201,24 @@ def test_odd_input_is_handled(nlp, text):
     doc = nlp(text)
     assert doc.text == text
     for ent in doc.ents:
-        assert text[ent.start_char:ent.end_char] == ent.text
+        assert text[ent.start_char : ent.end_char] == ent.text
         assert 0.0 <= ent._.confidence <= 1.0
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.one_of(st.text(max_size=40), st.sampled_from(ODD_TEXTS + ["Bill Gates", "Microsoft"])),
-                min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.one_of(st.text(max_size=40), st.sampled_from(ODD_TEXTS + ["Bill Gates", "Microsoft"])),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_fuzzed_input_never_crashes(nlp, pieces):
     text = " ".join(pieces)
     doc = nlp(text)
     assert doc.text == text
     for ent in doc.ents:
-        assert text[ent.start_char:ent.end_char] == ent.text
+        assert text[ent.start_char : ent.end_char] == ent.text
         assert 0.0 <= ent._.confidence <= 1.0
 
 
@@ -214,8 +239,10 @@ def test_displacy_pages_render_entity_labels(project, tmp_path):
 
 def test_invalid_utf8_line_is_reported_and_skipped(project, tmp_path):
     source = tmp_path / "in.jsonl"
-    source.write_bytes(b'{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "Caf\xe9 in London"}\n'
-                       b'{"id": 3, "text": "Angela Merkel visited London ."}\n')
+    source.write_bytes(
+        b'{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "Caf\xe9 in London"}\n'
+        b'{"id": 3, "text": "Angela Merkel visited London ."}\n'
+    )
     output = tmp_path / "out.jsonl"
     result = predict(project, str(source), "--output", str(output), "--on-error", "skip")
     assert f"Skipped: {source}:2: not valid UTF-8 (byte 0xe9 at column 23)" in result.stderr
@@ -224,8 +251,10 @@ def test_invalid_utf8_line_is_reported_and_skipped(project, tmp_path):
 
 def test_invalid_utf8_line_stops_and_keeps_the_earlier_records(project, tmp_path):
     source = tmp_path / "in.jsonl"
-    source.write_bytes(b'{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "\xff\xfe"}\n'
-                       b'{"id": 3, "text": "Angela Merkel visited London ."}\n')
+    source.write_bytes(
+        b'{"id": 1, "text": "Bill Gates met Reuters ."}\n{"id": 2, "text": "\xff\xfe"}\n'
+        b'{"id": 3, "text": "Angela Merkel visited London ."}\n'
+    )
     output = tmp_path / "out.jsonl"
     result = predict(project, str(source), "--output", str(output), check=False)
     assert result.returncode == 1
@@ -237,7 +266,7 @@ def test_a_record_that_cannot_be_annotated_costs_only_itself(project, tmp_path):
     """A component that fails on one text (whatever the cause): that record is reported with its
     line, the others of its batch and after it are annotated."""
     failing = tmp_path / "failing.py"
-    failing.write_text('''
+    failing.write_text("""
 from spacy.language import Language
 
 @Language.component("fail_on_boom")
@@ -245,24 +274,47 @@ def fail_on_boom(doc):
     if "boom" in doc.text:
         raise RuntimeError("cannot handle boom")
     return doc
-''')
+""")
     model = tmp_path / "model"
-    run_checked([sys.executable, "-c", f"""
+    run_checked(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys; sys.path.append({str(tmp_path)!r})
 import failing
 from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
 nlp = load_pipeline("training/model-release")
 nlp.add_pipe("fail_on_boom")
 nlp.to_disk({str(model)!r})
-"""], cwd=project)
+""",
+        ],
+        cwd=project,
+    )
     texts = ["Bill Gates met Reuters .", "a boom here", "Angela Merkel visited London .", "Ajax won in Brazil ."]
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts, start=1)))
     for on_error, ids, returncode in (("skip", [1, 3, 4], 0), ("stop", [1], 1)):
         output = tmp_path / f"out-{on_error}.jsonl"
         result = subprocess.run(
-            [sys.executable, "-m", "annotate.predict", str(source), "--model", str(model), "--output", str(output),
-             "--code", f"{CODE},{failing}", "--on-error", on_error], cwd=project, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "annotate.predict",
+                str(source),
+                "--model",
+                str(model),
+                "--output",
+                str(output),
+                "--code",
+                f"{CODE},{failing}",
+                "--on-error",
+                on_error,
+            ],
+            cwd=project,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == returncode, result.stderr[-3000:]
         assert f"{source}:2: cannot annotate (RuntimeError: cannot handle boom)" in result.stderr
         assert [r["id"] for r in read_jsonl(output)] == ids
@@ -270,8 +322,9 @@ nlp.to_disk({str(model)!r})
 
 
 def run_under_umask(project, umask, command):
-    result = subprocess.run([sys.executable, *command], cwd=project, capture_output=True, text=True,
-                            preexec_fn=lambda: os.umask(umask))
+    result = subprocess.run(
+        [sys.executable, *command], cwd=project, capture_output=True, text=True, preexec_fn=lambda: os.umask(umask)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -279,19 +332,62 @@ def test_output_files_get_the_mode_of_the_umask(project, conll_dir, tmp_path):
     out = tmp_path / "out"
     for command in (
         ["-m", "scripts.convert", str(out / "corpus"), "--conll-dir", str(conll_dir)],
-        ["-m", "scripts.evaluate", "training/model-release", "corpus/test.spacy", "--output", str(out / "test.json"),
-         "--table", str(out / "test.md"), "--code", CODE],
-        ["-m", "annotate.predict", "--text", "Bill Gates met Reuters .", "--model", "training/model-release",
-         "--code", CODE, "--output", str(out / "predictions.jsonl"), "--html", str(out / "predictions.html")],
+        [
+            "-m",
+            "scripts.evaluate",
+            "training/model-release",
+            "corpus/test.spacy",
+            "--output",
+            str(out / "test.json"),
+            "--table",
+            str(out / "test.md"),
+            "--code",
+            CODE,
+        ],
+        [
+            "-m",
+            "annotate.predict",
+            "--text",
+            "Bill Gates met Reuters .",
+            "--model",
+            "training/model-release",
+            "--code",
+            CODE,
+            "--output",
+            str(out / "predictions.jsonl"),
+            "--html",
+            str(out / "predictions.html"),
+        ],
     ):
         run_under_umask(project, 0o022, command)
     written = [*(out / "corpus").iterdir(), *(p for p in out.iterdir() if p.is_file())]
     assert sorted(path.name for path in written) == [
-        "corpus.json", "dev.spacy", "predictions.html", "predictions.jsonl", "test.json", "test.md", "test.spacy",
-        "train.spacy"]
+        "corpus.json",
+        "dev.spacy",
+        "predictions.html",
+        "predictions.jsonl",
+        "test.json",
+        "test.md",
+        "test.spacy",
+        "train.spacy",
+    ]
     assert {path.name: path.stat().st_mode & 0o777 for path in written} == {path.name: 0o644 for path in written}
     # The mode follows the umask, whatever it is.
     private = tmp_path / "private.jsonl"
-    run_under_umask(project, 0o077, ["-m", "annotate.predict", "--text", "Bill Gates", "--model", "training/model-release",
-                                     "--code", CODE, "--output", str(private)])
+    run_under_umask(
+        project,
+        0o077,
+        [
+            "-m",
+            "annotate.predict",
+            "--text",
+            "Bill Gates",
+            "--model",
+            "training/model-release",
+            "--code",
+            CODE,
+            "--output",
+            str(private),
+        ],
+    )
     assert private.stat().st_mode & 0o777 == 0o600

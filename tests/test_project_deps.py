@@ -1,5 +1,6 @@
 """Every command in project.yml lists, among its deps, each project file it runs or imports, so that
 `spacy project run` reruns a step when code it depends on changes."""
+
 import ast
 import re
 from pathlib import Path
@@ -15,9 +16,13 @@ def imported_modules(path: Path) -> Set[str]:
     """The project modules (`scripts.project_util`) that the file imports, at any depth in the file."""
     modules = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                 else [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-                 if isinstance(node, ast.ImportFrom) and node.module else [])
+        names = (
+            [alias.name for alias in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            if isinstance(node, ast.ImportFrom) and node.module
+            else []
+        )
         modules |= {name for name in names if name.split(".")[0] in PACKAGES and module_file(name).is_file()}
     return modules
 
@@ -53,13 +58,18 @@ def files_each_command_runs() -> Dict[str, Set[str]]:
 
 
 def test_files_run_follows_imports_through_packages():
-    assert {"annotate/predict.py", "annotate/annotation.py", "scripts/project_util.py",
-            "model_code/long_texts.py"} <= files_run("annotate.predict")
+    assert {
+        "annotate/predict.py",
+        "annotate/annotation.py",
+        "scripts/project_util.py",
+        "model_code/long_texts.py",
+    } <= files_run("annotate.predict")
 
 
 def test_every_command_lists_the_project_files_it_runs_in_its_deps():
     config = load_project_config(ROOT)
     deps = {command["name"]: set(command.get("deps", [])) for command in config["commands"]}
-    missing = {name: sorted(files - deps[name]) for name, files in files_each_command_runs().items()
-               if files - deps[name]}
+    missing = {
+        name: sorted(files - deps[name]) for name, files in files_each_command_runs().items() if files - deps[name]
+    }
     assert not missing, f"project.yml: files each command runs but does not list in its deps: {missing}"

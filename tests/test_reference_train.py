@@ -1,5 +1,6 @@
 """The reference method of the benchmark (benchmarks/reference_train.py): the notebook's sub-word label
 alignment, and a training run that writes its scores and a model the HF pipeline can load."""
+
 import json
 import sys
 
@@ -25,7 +26,6 @@ def test_labels_are_aligned_as_the_notebook_does(tiny_transformer):
     assert example["labels"] == [-100] + [labels.index(tag) for tag in expected] + [-100]
 
 
-
 def test_scores_are_of_the_fp32_weights_after_bf16_training(tiny_transformer):
     from accelerate import Accelerator
     from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -41,14 +41,32 @@ def test_scores_are_of_the_fp32_weights_after_bf16_training(tiny_transformer):
     predict_tags(model, tokenizer, [(["Bill", "Gates"], ["B-PER", "I-PER"])])
     assert autocast_in_classifier == [True, False]
 
+
 def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_transformer, tmp_path):
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     corpus = project / "corpus"
     output, model_dir = tmp_path / "reference.json", tmp_path / "reference-model"
-    run_checked([sys.executable, "-m", "benchmarks.reference_train", str(corpus / "train.spacy"), str(corpus / "dev.spacy"),
-                 str(corpus / "test.spacy"), str(tiny_transformer), "--output", str(output),
-                 "--model-dir", str(model_dir), "--epochs", "1", "--precision", "bf16"], cwd=project)
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.reference_train",
+            str(corpus / "train.spacy"),
+            str(corpus / "dev.spacy"),
+            str(corpus / "test.spacy"),
+            str(tiny_transformer),
+            "--output",
+            str(output),
+            "--model-dir",
+            str(model_dir),
+            "--epochs",
+            "1",
+            "--precision",
+            "bf16",
+        ],
+        cwd=project,
+    )
     result = json.loads(output.read_text())
     assert result["precision"] == "bf16" and result["epochs"] == 1
     assert result["train_sentences"] == 8 * 4
@@ -62,5 +80,6 @@ def test_reference_trains_in_bf16_and_saves_the_model_it_scored(project, tiny_tr
     assert score(model, tokenizer, read_sentences(corpus / "test.spacy"))["seqeval_f"] == result["test_f1"]
     assert score(model, tokenizer, read_sentences(corpus / "dev.spacy"))["seqeval_f"] == result["dev_f1"]
     groups = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")(
-        "Bill Gates visited Microsoft in Seattle .")
+        "Bill Gates visited Microsoft in Seattle ."
+    )
     assert all(group["entity_group"] in {"PER", "ORG", "LOC", "MISC"} for group in groups)

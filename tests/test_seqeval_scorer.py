@@ -112,11 +112,16 @@ def test_perfect_and_empty_predictions(nlp):
 
 def test_scores_are_at_word_level_over_a_different_tokenization(nlp):
     """The predicted doc may be tokenized differently; entities are projected onto gold words."""
-    gold = Doc(nlp.vocab, words=["New", "York-based", "Reuters", "."], spaces=[True, True, False, False],
-               sent_starts=[True, False, False, False])
+    gold = Doc(
+        nlp.vocab,
+        words=["New", "York-based", "Reuters", "."],
+        spaces=[True, True, False, False],
+        sent_starts=[True, False, False, False],
+    )
     gold.ents = [Span(gold, 0, 2, label="MISC"), Span(gold, 2, 3, label="ORG")]
-    pred = Doc(nlp.vocab, words=["New", "York", "-", "based", "Reuters", "."],
-               spaces=[True, False, False, True, False, False])
+    pred = Doc(
+        nlp.vocab, words=["New", "York", "-", "based", "Reuters", "."], spaces=[True, False, False, True, False, False]
+    )
     pred.ents = [Span(pred, 0, 4, label="MISC"), Span(pred, 4, 5, label="ORG")]
     scores = score_seqeval_ner([Example(pred, gold)])
     assert scores["seqeval_f"] == 1.0 and scores["seqeval_accuracy"] == 1.0

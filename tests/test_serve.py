@@ -1,5 +1,6 @@
 """annotate/serve.py over real HTTP on 127.0.0.1: each server is a process of its own on a free port,
 sent a bounded number of requests with a time cap, and stopped by its id."""
+
 import asyncio
 import json
 import os
@@ -23,7 +24,7 @@ from annotate.annotation import doc_entities
 from annotate.serve import Batcher, Overloaded
 
 # Texts with SLOW take 0.1 s in the pipeline, those with STALL 6 s; a text with boom fails.
-TEST_COMPONENTS = '''
+TEST_COMPONENTS = """
 import time
 from spacy.language import Language
 
@@ -36,7 +37,7 @@ def slow_or_fail(doc):
     elif "SLOW" in doc.text:
         time.sleep(0.1)
     return doc
-'''
+"""
 REQUEST_CAP_S = 60
 
 
@@ -46,14 +47,21 @@ def serve_model(project, tmp_path_factory) -> Tuple[Path, str]:
     root = tmp_path_factory.mktemp("serve-model")
     (root / "test_components.py").write_text(TEST_COMPONENTS)
     model = root / "model"
-    run_checked([sys.executable, "-c", f"""
+    run_checked(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys; sys.path.append({str(root)!r})
 import test_components
 from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
 nlp = load_pipeline("training/model-release")
 nlp.add_pipe("slow_or_fail", first=True)
 nlp.to_disk({str(model)!r})
-"""], cwd=project)
+""",
+        ],
+        cwd=project,
+    )
     return model, f"{CODE},{root / 'test_components.py'}"
 
 
@@ -63,8 +71,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def call(url: str, path: str = "/", body: Any = None, raw: Optional[bytes] = None,
-         timeout: float = REQUEST_CAP_S) -> Tuple[int, Any, dict]:
+def call(
+    url: str, path: str = "/", body: Any = None, raw: Optional[bytes] = None, timeout: float = REQUEST_CAP_S
+) -> Tuple[int, Any, dict]:
     """(status, decoded JSON or text, headers) of a GET, or of a POST of BODY as JSON (or RAW bytes)."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode("utf-8")
     request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
@@ -78,14 +87,19 @@ def call(url: str, path: str = "/", body: Any = None, raw: Optional[bytes] = Non
 
 
 @contextmanager
-def running_server(project: Path, model: Path, code: str, *options: str,
-                   ready_s: float = 120) -> Iterator[Tuple[str, subprocess.Popen]]:
+def running_server(
+    project: Path, model: Path, code: str, *options: str, ready_s: float = 120
+) -> Iterator[Tuple[str, subprocess.Popen]]:
     """The server's URL and process, once it is ready; SIGTERM (then SIGKILL to its process group) at the end."""
     port = free_port()
     log = (project / f"serve-{port}.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "annotate.serve", "--model", str(model), "--code", code, "--port", str(port), *options],
-        cwd=project, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cwd=project,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_s
@@ -110,8 +124,18 @@ def running_server(project: Path, model: Path, code: str, *options: str,
         log.close()
 
 
-LIMITS = ("--max-text-chars", "2000", "--max-body-bytes", "60000", "--max-texts", "8", "--timeout", "4",
-          "--batch-wait-ms", "200")
+LIMITS = (
+    "--max-text-chars",
+    "2000",
+    "--max-body-bytes",
+    "60000",
+    "--max-texts",
+    "8",
+    "--timeout",
+    "4",
+    "--batch-wait-ms",
+    "200",
+)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +170,7 @@ def test_concurrent_requests_each_get_their_own_texts_entities(server, nlp):
     assert [status for status, _, _ in responses] == [200] * len(texts)
     for text, (_, entities, _) in zip(texts, responses):
         assert_same_entities(entities, doc_entities(nlp(text)))
-        assert all(text[e["start"]:e["end"]] == e["word"] for e in entities)
+        assert all(text[e["start"] : e["end"]] == e["word"] for e in entities)
     assert any(entities for _, entities, _ in responses)
     # Annotated together: fewer nlp.pipe batches than texts.
     assert after["texts"] - before["texts"] == len(texts)
@@ -156,6 +180,7 @@ def test_concurrent_requests_each_get_their_own_texts_entities(server, nlp):
 def test_a_lone_request_goes_at_once_and_company_joins_a_batch():
     """A batch may wait an hour for company: a request alone in the queue must not wait at all; queued
     requests go together, up to the batch's size."""
+
     async def batches():
         batcher = Batcher(nlp=None, max_batch_texts=3, wait_s=3600, max_queue_texts=10)
         batcher.submit(["alone"])
@@ -202,12 +227,22 @@ def test_huggingface_inference_client_gets_our_entities(server, project):
     text = "Bill Gates met Angela Merkel in London ."
     expected = call(server, body={"inputs": text})[1]
     env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}  # offline blocks loopback too
-    result = run_checked([sys.executable, "-c", """
+    result = run_checked(
+        [
+            sys.executable,
+            "-c",
+            """
 import json, sys
 from huggingface_hub import InferenceClient
 elements = InferenceClient(model=sys.argv[1]).token_classification(sys.argv[2])
 print(json.dumps([{k: e[k] for k in ("entity_group", "score", "word", "start", "end")} for e in elements]))
-""", server, text], cwd=project, env=env)
+""",
+            server,
+            text,
+        ],
+        cwd=project,
+        env=env,
+    )
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
     assert expected
 
@@ -222,8 +257,12 @@ BAD_REQUESTS = [
     ("a body that is a list", [1, 2], 422, "body:"),
     ("min_score above 1", {"inputs": "a", "parameters": {"min_score": 2}}, 422, "parameters.min_score:"),
     ("an unknown parameter", {"inputs": "a", "parameters": {"top_k": 2}}, 422, "parameters.top_k:"),
-    ("another aggregation", {"inputs": "a", "parameters": {"aggregation_strategy": "first"}}, 422,
-     "parameters.aggregation_strategy:"),
+    (
+        "another aggregation",
+        {"inputs": "a", "parameters": {"aggregation_strategy": "first"}},
+        422,
+        "parameters.aggregation_strategy:",
+    ),
     ("a lone surrogate", b'{"inputs": "Bill \\udc80 Gates"}', 422, "lone surrogate"),
     ("a text over the limit", {"inputs": "word " * 500}, 413, "inputs: 2,500 characters"),
     ("a listed text over the limit", {"inputs": ["a", "word " * 500]}, 413, "inputs.1: 2,500 characters"),
@@ -325,16 +364,26 @@ class DevTools:
         return value
 
 
-
 @contextmanager
 def chromium_page(tmp_path: Path) -> Iterator[DevTools]:
     from websockets.sync.client import connect
 
     process = subprocess.Popen(
-        [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-         "--remote-debugging-address=127.0.0.1", "--no-first-run", "--disable-background-networking",
-         f"--user-data-dir={tmp_path / 'chrome'}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            find_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-port=0",
+            "--remote-debugging-address=127.0.0.1",
+            "--no-first-run",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file = tmp_path / "chrome" / "DevToolsActivePort"
         deadline = time.monotonic() + 60
@@ -361,23 +410,27 @@ def test_the_page_shows_the_entities_the_api_returns(server, tmp_path):
         browser.wait_for("document.readyState === 'complete' && !!document.getElementById('text')")
         browser.evaluate("document.getElementById('text').focus()")
         browser.send("Input.insertText", text=text)  # typed, as a keyboard types
-        box = browser.evaluate("(() => { const r = document.getElementById('annotate').getBoundingClientRect();"
-                               " return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        box = browser.evaluate(
+            "(() => { const r = document.getElementById('annotate').getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
+        )
         for event in ("mousePressed", "mouseReleased"):
             browser.send("Input.dispatchMouseEvent", type=event, x=box[0], y=box[1], button="left", clickCount=1)
-        rows = browser.wait_for("(() => { const rows = [...document.querySelectorAll('#entities tr.entity-row')];"
-                                " return rows.length && rows.map(r => [...r.cells].map(c => c.textContent)); })()")
+        rows = browser.wait_for(
+            "(() => { const rows = [...document.querySelectorAll('#entities tr.entity-row')];"
+            " return rows.length && rows.map(r => [...r.cells].map(c => c.textContent)); })()"
+        )
         marks = browser.evaluate("[...document.querySelectorAll('#rendered mark.entity')].map(m => m.innerText)")
-    assert rows == [[e["entity_group"], e["word"], f"{e['score']:.4f}", str(e["start"]), str(e["end"])]
-                    for e in expected]
+    assert rows == [
+        [e["entity_group"], e["word"], f"{e['score']:.4f}", str(e["start"]), str(e["end"])] for e in expected
+    ]
     assert len(marks) == len(expected)
     for mark, entity in zip(marks, expected):
         assert entity["word"] in mark and entity["entity_group"] in mark and f"{entity['score']:.2f}" in mark
 
 
 def test_ray_serve_replaces_a_killed_replica_and_the_other_one_serves(project, serve_model):
-    with running_server(project, *serve_model, "--replicas", "2", "--cpus-per-replica", "0.5",
-                        ready_s=240) as (url, _):
+    with running_server(project, *serve_model, "--replicas", "2", "--cpus-per-replica", "0.5", ready_s=240) as (url, _):
         deadline = time.monotonic() + 120
         pids = set()
         while len(pids) < 2:

@@ -1,5 +1,6 @@
 """A GPU that cannot be used, or a hub source that cannot be reached, stops a step before any
 heavy work with one line that names the cause and the fix, and no traceback."""
+
 import importlib.util
 import os
 import subprocess
@@ -34,8 +35,11 @@ def assert_one_line_error(result, *expected):
 def cupy_installed(monkeypatch):
     """Pretend that CuPy is installed, whatever this machine has."""
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: types.SimpleNamespace() if name == "cupy" else find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: types.SimpleNamespace() if name == "cupy" else find_spec(name, *args),
+    )
 
 
 @pytest.fixture
@@ -46,7 +50,9 @@ def cuda_torch(monkeypatch, cupy_installed):
 
 def test_cupy_missing(monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "cupy" else find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "cupy" else find_spec(name, *args)
+    )
     assert gpu_problem(0) == "CuPy is not installed (spaCy runs on a GPU through CuPy)"
 
 
@@ -73,8 +79,10 @@ def test_cupy_that_cannot_load_its_cuda_libraries(monkeypatch, cuda_torch):
         raise RuntimeError("CuPy failed to load libnvrtc.so.12: cannot open shared object file\nmore detail")
 
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=types.SimpleNamespace(Device=device)))
-    assert gpu_problem(0) == ("CuPy cannot run on GPU 0 (CuPy failed to load libnvrtc.so.12: cannot open shared "
-                              "object file); its wheel must match torch's CUDA 13.0")
+    assert gpu_problem(0) == (
+        "CuPy cannot run on GPU 0 (CuPy failed to load libnvrtc.so.12: cannot open shared "
+        "object file); its wheel must match torch's CUDA 13.0"
+    )
 
 
 def test_use_device_names_the_fix_and_keeps_the_cpu_path(monkeypatch):
@@ -97,8 +105,15 @@ def test_every_step_that_takes_gpu_id_stops_in_one_line(script, tmp_path):
         "train": ["-m", "scripts.train", CONFIG, "--output", str(tmp_path / "out"), "--code", CODE],
         "evaluate": ["-m", "scripts.evaluate", "no-such-model", str(data), "--output", str(tmp_path / "t.json")],
         "predict": ["-m", "annotate.predict", "--text", "Bill Gates", "--model", "no-such-model"],
-        "benchmark_speed": ["-m", "benchmarks.benchmark_speed", "no-such-model", str(data), "no-such-backbone",
-                            "--output", str(tmp_path / "s.json")],
+        "benchmark_speed": [
+            "-m",
+            "benchmarks.benchmark_speed",
+            "no-such-model",
+            str(data),
+            "no-such-backbone",
+            "--output",
+            str(tmp_path / "s.json"),
+        ],
     }[script]
     result = run_script([*args, "--gpu-id", "0"])
     assert_one_line_error(result, f"Cannot use GPU 0: {gpu_problem(0)}", "requirements-gpu.txt", "--vars.gpu_id -1")
@@ -113,24 +128,46 @@ def offline_env(tmp_path):
 def test_convert_with_the_hub_offline(tmp_path):
     output = tmp_path / "corpus"
     result = run_script(["-m", "scripts.convert", str(output)], env=offline_env(tmp_path))
-    assert_one_line_error(result, "Cannot load the dataset eriktks/conll2003@refs/convert/parquet",
-                          "the Hugging Face hub cannot be reached", "--vars.conll_dir")
+    assert_one_line_error(
+        result,
+        "Cannot load the dataset eriktks/conll2003@refs/convert/parquet",
+        "the Hugging Face hub cannot be reached",
+        "--vars.conll_dir",
+    )
     assert not output.exists()
 
 
 @pytest.mark.parametrize("transformer", ["distilbert-base-cased", "no-such-dir/model"])
 def test_train_with_a_transformer_that_cannot_be_downloaded(transformer, tmp_path):
     output = tmp_path / "training"
-    result = run_script(["-m", "scripts.train", CONFIG, "--output", str(output), "--code", CODE,
-                         "--transformer", transformer], env=offline_env(tmp_path))
-    assert_one_line_error(result, f"Cannot load the transformer {transformer!r}", "no such local directory",
-                          "the Hugging Face hub cannot be reached", "--vars.transformer")
+    result = run_script(
+        ["-m", "scripts.train", CONFIG, "--output", str(output), "--code", CODE, "--transformer", transformer],
+        env=offline_env(tmp_path),
+    )
+    assert_one_line_error(
+        result,
+        f"Cannot load the transformer {transformer!r}",
+        "no such local directory",
+        "the Hugging Face hub cannot be reached",
+        "--vars.transformer",
+    )
     assert not output.exists()
 
 
 def test_train_with_a_directory_that_is_not_a_model(tmp_path):
     not_a_model = tmp_path / "weights"
     not_a_model.mkdir()
-    result = run_script(["-m", "scripts.train", CONFIG, "--output", str(tmp_path / "training"), "--code", CODE,
-                         "--transformer", str(not_a_model)])
+    result = run_script(
+        [
+            "-m",
+            "scripts.train",
+            CONFIG,
+            "--output",
+            str(tmp_path / "training"),
+            "--code",
+            CODE,
+            "--transformer",
+            str(not_a_model),
+        ]
+    )
     assert_one_line_error(result, f"Transformer directory {not_a_model} holds no config.json", "--vars.transformer")

@@ -38,8 +38,10 @@ def test_bf16_inference_runs_on_a_bf16_copy_of_the_current_weights(project, nlp)
         wordpieces = doc._.trf_data.wordpieces
         bf16_model = copy.deepcopy(hf_model).to(torch.bfloat16).eval()
         with torch.no_grad():
-            output = bf16_model(input_ids=torch.as_tensor(wordpieces.input_ids),
-                                attention_mask=torch.as_tensor(wordpieces.attention_mask))
+            output = bf16_model(
+                input_ids=torch.as_tensor(wordpieces.input_ids),
+                attention_mask=torch.as_tensor(wordpieces.attention_mask),
+            )
         return output.last_hidden_state.float().numpy()
 
     doc = model(text)
@@ -49,8 +51,9 @@ def test_bf16_inference_runs_on_a_bf16_copy_of_the_current_weights(project, nlp)
     with torch.no_grad():
         hf_model.transformer.layer[0].ffn.lin1.weight.mul_(1.5)
     changed = model(text)
-    assert not numpy.array_equal(changed._.trf_data.model_output.last_hidden_state,
-                                 doc._.trf_data.model_output.last_hidden_state)
+    assert not numpy.array_equal(
+        changed._.trf_data.model_output.last_hidden_state, doc._.trf_data.model_output.last_hidden_state
+    )
     assert numpy.array_equal(changed._.trf_data.model_output.last_hidden_state, bf16_copy_output(changed))
     assert hf_model.training  # left in training mode, as thinc's shim leaves it
 
@@ -62,8 +65,9 @@ def test_bf16_training_step_updates_the_transformer(project, nlp):
     for _ in range(4):
         sentence = make_sentence(rng)
         words = [w for w, _ in sentence]
-        examples.append(Example.from_dict(model.make_doc(" ".join(words)), {"words": words,
-                                                                             "entities": [t for _, t in sentence]}))
+        examples.append(
+            Example.from_dict(model.make_doc(" ".join(words)), {"words": words, "entities": [t for _, t in sentence]})
+        )
     hf_model = model.get_pipe("transformer").model.layers[0].shims[0]._model
     before = [p.detach().clone() for p in hf_model.parameters()]
     optimizer = model.resume_training()
@@ -107,11 +111,13 @@ def test_inference_by_length_gives_the_one_batch_outputs(project, nlp, monkeypat
     rng = random.Random(11)
     # Documents of 1 to 12 sentences: windows of many lengths, several windows in the long ones.
     texts = [" ".join(w for _ in range(n) for w, _ in make_sentence(rng)) for n in (1, 12, 3, 7, 2, 12)]
-    one_batch = spacy.load(project / "training" / "model-best",
-                           config={"components.transformer.model.predict_wordpieces": 0})
+    one_batch = spacy.load(
+        project / "training" / "model-best", config={"components.transformer.model.predict_wordpieces": 0}
+    )
     # A budget of 64 padded wordpieces: every batch is cut into several groups.
-    grouped = spacy.load(project / "training" / "model-best",
-                         config={"components.transformer.model.predict_wordpieces": 64})
+    grouped = spacy.load(
+        project / "training" / "model-best", config={"components.transformer.model.predict_wordpieces": 64}
+    )
     grouped_docs = list(grouped.pipe(texts))
     for a, b in zip(one_batch.pipe(texts), grouped_docs):
         mask = a._.trf_data.wordpieces.attention_mask.astype(bool)
@@ -178,7 +184,6 @@ def test_training_by_length_gives_the_one_batch_outputs_and_gradients(project, n
         assert difference <= 1e-4 * one.abs().max() + 1e-6, f"{name}: {difference} apart, largest {one.abs().max()}"
 
 
-
 def test_fused_adam_takes_thincs_adamw_step(project, nlp):
     import torch
     from thinc.api import Adam, RAdam
@@ -197,13 +202,19 @@ def test_fused_adam_takes_thincs_adamw_step(project, nlp):
     start = {name: p.detach().clone() for name, p in params.items()}
     generator = torch.Generator().manual_seed(0)
     # Some gradients over the clipping norm (1.0), some under it, so both branches are taken.
-    gradients = [{name: torch.randn(p.shape, generator=generator) * (0.01 if i % 2 else 1.0)
-                  for i, (name, p) in enumerate(params.items())} for _ in range(3)]
+    gradients = [
+        {
+            name: torch.randn(p.shape, generator=generator) * (0.01 if i % 2 else 1.0)
+            for i, (name, p) in enumerate(params.items())
+        }
+        for _ in range(3)
+    ]
     assert any(g.norm() < 1 for g in gradients[0].values()) and any(g.norm() > 1 for g in gradients[0].values())
 
     def train(finish_update):
-        optimizer = Adam(learn_rate=[3e-3, 2e-3, 1e-3], L2=0.01, L2_is_weight_decay=True, grad_clip=1.0,
-                         use_averages=False)
+        optimizer = Adam(
+            learn_rate=[3e-3, 2e-3, 1e-3], L2=0.01, L2_is_weight_decay=True, grad_clip=1.0, use_averages=False
+        )
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(start[name])
@@ -233,8 +244,10 @@ def test_fused_adam_takes_thincs_adamw_step(project, nlp):
 def array_and_token_pipelines(project):
     """The same trained pipeline twice: the transformer's batches from arrays, and as
     spacy-transformers builds them from Token objects."""
-    return [spacy.load(project / "training" / "model-best", config={
-        "components.transformer.model.array_alignment": on}) for on in (True, False)]
+    return [
+        spacy.load(project / "training" / "model-best", config={"components.transformer.model.array_alignment": on})
+        for on in (True, False)
+    ]
 
 
 def awkward_texts():
@@ -277,7 +290,8 @@ def test_array_batches_equal_spacy_transformers_batches(project, nlp):
     for array_doc, token_doc in zip(array_docs, token_docs):
         assert_same_batch(array_doc, token_doc)
         assert [(e.start, e.end, e.label_, e._.confidence) for e in array_doc.ents] == [
-            (e.start, e.end, e.label_, e._.confidence) for e in token_doc.ents]
+            (e.start, e.end, e.label_, e._.confidence) for e in token_doc.ents
+        ]
     assert any(doc.ents for doc in array_docs)
 
 
@@ -402,8 +416,12 @@ def test_array_training_batches_give_spacy_transformers_gradients(project, nlp):
         batch, backprop = model.begin_update(docs)
         outputs.append(batch.doc_data)
         rng = numpy.random.default_rng(0)
-        d_outputs = [[rng.standard_normal(data.model_output.last_hidden_state.shape).astype("float32")]
-                     if data.model_output else [] for data in batch.doc_data]
+        d_outputs = [
+            [rng.standard_normal(data.model_output.last_hidden_state.shape).astype("float32")]
+            if data.model_output
+            else []
+            for data in batch.doc_data
+        ]
         backprop(batch.unsplit_by_doc([d for d in d_outputs if d]))
         hf_model = model.layers[0].shims[0]._model
         gradients.append({name: p.grad.clone() for name, p in hf_model.named_parameters() if p.grad is not None})
@@ -441,5 +459,6 @@ def test_a_pipeline_saved_before_the_split_by_concern_still_loads(project, nlp, 
     (saved / "config.cfg").write_text(config.replace("TINY_TRANSFORMER", str(tiny_transformer)))
     text = "Bill Gates visited Microsoft in Seattle on Monday . Angela Merkel met Reuters in London ."
     before = spacy.load(saved)
-    assert [(e.text, e.label_, e._.confidence) for e in before(text).ents] == \
-           [(e.text, e.label_, e._.confidence) for e in nlp(text).ents]
+    assert [(e.text, e.label_, e._.confidence) for e in before(text).ents] == [
+        (e.text, e.label_, e._.confidence) for e in nlp(text).ents
+    ]

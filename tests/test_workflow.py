@@ -1,6 +1,7 @@
 """The real workflow end to end, offline: convert -> train on the CPU -> assemble -> calibrate ->
 evaluate -> package -> install the wheel -> spacy.load("en_conll_distilbert") -> doc.ents, the
 report, the model card."""
+
 import html
 import json
 import re
@@ -14,9 +15,16 @@ from model_code.entity_confidence import Calibration
 
 
 def test_workflow_outputs(project):
-    for path in ("corpus/train.spacy", "corpus/dev.spacy", "corpus/test.spacy", "training/model-best/meta.json",
-                 "training/model-release/meta.json", "metrics/test.json", "metrics/test.md",
-                 "metrics/test_sample.html"):
+    for path in (
+        "corpus/train.spacy",
+        "corpus/dev.spacy",
+        "corpus/test.spacy",
+        "training/model-best/meta.json",
+        "training/model-release/meta.json",
+        "metrics/test.json",
+        "metrics/test.md",
+        "metrics/test_sample.html",
+    ):
         assert (project / path).is_file(), path
     scores = json.loads((project / "metrics/test.json").read_text())
     assert set(scores["seqeval_per_type"]) == {"PER", "ORG", "LOC", "MISC"}
@@ -29,8 +37,15 @@ def test_workflow_outputs(project):
         assert 0.0 <= confidence["ece"] <= 1.0 and 0.0 <= confidence["brier"] <= 1.0
         assert 0.0 <= confidence["mean_confidence_right"] <= 1.0
     errors = scores["errors"]["counts"]
-    assert errors["right"] + errors.get("wrong type", 0) + errors.get("too short", 0) + errors.get("too long", 0) \
-        + errors.get("overlapping", 0) + errors.get("spurious", 0) == scores["confidence"]["calibrated"]["entities"]
+    assert (
+        errors["right"]
+        + errors.get("wrong type", 0)
+        + errors.get("too short", 0)
+        + errors.get("too long", 0)
+        + errors.get("overlapping", 0)
+        + errors.get("spurious", 0)
+        == scores["confidence"]["calibrated"]["entities"]
+    )
     train_time = json.loads((project / "training/train_time.json").read_text())
     assert 0 < train_time["train_seconds"] <= train_time["wall_seconds"] and train_time["gpu_id"] == -1
     # The dev evaluations are left out of train_seconds, as the reference Trainer's scoring is.
@@ -43,11 +58,17 @@ def test_training_writes_its_log(project):
     assert [line["step"] for line in log] == [0, 20, 40, 60]
     assert all(b["seconds"] > a["seconds"] and b["words"] > a["words"] for a, b in zip(log, log[1:]))
     # Every evaluation's scoring time is counted apart from the training time.
-    assert log[-1]["scoring_seconds"] > 0 and all(b["scoring_seconds"] >= a["scoring_seconds"] for a, b in zip(log, log[1:]))
+    assert log[-1]["scoring_seconds"] > 0 and all(
+        b["scoring_seconds"] >= a["scoring_seconds"] for a, b in zip(log, log[1:])
+    )
     assert all(abs(line["seconds"] + line["scoring_seconds"] - line["wall_seconds"]) < 0.02 for line in log)
     assert set(log[-1]["losses"]) == {"transformer", "ner"}
     assert 0.0 <= log[-1]["scores"]["seqeval_f"] <= 1.0 and set(log[-1]["per_type"]["seqeval_per_type"]) <= {
-        "PER", "ORG", "LOC", "MISC"}
+        "PER",
+        "ORG",
+        "LOC",
+        "MISC",
+    }
 
 
 def test_calibration_is_fitted_on_dev_and_kept_in_the_pipeline(project):
@@ -79,7 +100,9 @@ def test_rerun_skips_finished_steps(project, tiny_transformer, conll_dir):
 
 
 def test_installed_package_loads_anywhere(installed_model):
-    info = run_in_clean_process(installed_model, """
+    info = run_in_clean_process(
+        installed_model,
+        """
 import json, sys, spacy
 nlp = spacy.load("en_conll_distilbert")
 doc = nlp("Bill Gates visited Microsoft in Seattle on Monday . Angela Merkel met Reuters in London .")
@@ -94,7 +117,8 @@ print(json.dumps({
     "test_f": nlp.meta["test_performance"]["seqeval_f"],
     "scorer": nlp.get_pipe("ner").scorer.__module__,
 }))
-""")
+""",
+    )
     assert info["pipeline"] == ["transformer", "ner", "entity_confidence"]
     assert info["labels"] == ["LOC", "MISC", "ORG", "PER"]
     assert ("Bill Gates", "PER") in [(text, label) for text, label, _ in info["ents"]]
@@ -108,7 +132,9 @@ print(json.dumps({
 
 
 def test_confidence_can_be_switched_off(installed_model):
-    info = run_in_clean_process(installed_model, """
+    info = run_in_clean_process(
+        installed_model,
+        """
 import json, spacy
 text = "Bill Gates visited Microsoft in Seattle on Monday ."
 with_conf = spacy.load("en_conll_distilbert")(text)
@@ -118,7 +144,8 @@ print(json.dumps({
     "without": [(e.start_char, e.end_char, e.label_) for e in without.ents],
     "confidences_off": [e._.confidence for e in without.ents],
 }))
-""")
+""",
+    )
     assert info["with"] == info["without"] and info["with"]
     assert info["confidences_off"] == [None] * len(info["without"])
 
@@ -133,12 +160,15 @@ def test_defaults_are_distilbert_on_gpu_from_the_hub():
 
 
 def test_installed_model_card(installed_model, tiny_transformer):
-    info = run_in_clean_process(installed_model, """
+    info = run_in_clean_process(
+        installed_model,
+        """
 import json, pathlib, spacy
 nlp = spacy.load("en_conll_distilbert")
 package_dir = pathlib.Path(spacy.util.get_package_path("en_conll_distilbert"))
 print(json.dumps({"meta": nlp.meta, "readme": next(package_dir.glob("*/README.md")).read_text()}))
-""")
+""",
+    )
     meta, readme = info["meta"], info["readme"]
     assert meta["description"].startswith("English named entities (LOC, MISC, ORG, PER)")
     assert "fine-tuned on CoNLL-2003" in meta["description"]
@@ -146,7 +176,11 @@ print(json.dumps({"meta": nlp.meta, "readme": next(package_dir.glob("*/README.md
     assert [source["name"] for source in meta["sources"]][0] == tiny_transformer.name
     assert "distilbert-base-cased" not in json.dumps(meta) and "distilbert-base-cased" not in readme
     assert meta["backbone"]["trained_name"] == str(tiny_transformer)
-    assert (meta["backbone"]["model_type"], meta["backbone"]["layers"], meta["backbone"]["hidden"]) == ("distilbert", 1, 32)
+    assert (meta["backbone"]["model_type"], meta["backbone"]["layers"], meta["backbone"]["hidden"]) == (
+        "distilbert",
+        1,
+        32,
+    )
     assert meta["backbone"]["cased"] is True and 10_000 < meta["backbone"]["parameters"] < 100_000
     assert "CoNLL-2003" in meta["sources"][1]["name"] and "Reuters" in meta["sources"][1]["license"]
     assert "MIT" in meta["license"] and "backbone license not recorded" in meta["license"]
@@ -155,15 +189,26 @@ print(json.dumps({"meta": nlp.meta, "readme": next(package_dir.glob("*/README.md
     assert meta["calibration"]["calibrated"]["ece"] == meta["test_performance"]["confidence"]["calibrated"]["ece"]
     test, dev = meta["test_performance"], meta["performance"]
     for text in (
-        meta["description"], "Sources", f"Backbone: **{tiny_transformer.name}**", "distilbert, 1 layer, hidden 32",
-        "parameters, cased", "CoNLL-2003",
-        "Scores on the **test** split", f"| **overall** | {test['seqeval_p']:.4f} | {test['seqeval_r']:.4f} "
-        f"| {test['seqeval_f']:.4f} |", f"| MISC | {test['seqeval_per_type']['MISC']['p']:.4f}",
-        "Confidence calibration on the **test** split", f"{test['confidence']['calibrated']['ece']:.4f}",
-        f"{test['confidence']['uncalibrated']['ece']:.4f}", "Scores on the **dev** split",
+        meta["description"],
+        "Sources",
+        f"Backbone: **{tiny_transformer.name}**",
+        "distilbert, 1 layer, hidden 32",
+        "parameters, cased",
+        "CoNLL-2003",
+        "Scores on the **test** split",
+        f"| **overall** | {test['seqeval_p']:.4f} | {test['seqeval_r']:.4f} | {test['seqeval_f']:.4f} |",
+        f"| MISC | {test['seqeval_per_type']['MISC']['p']:.4f}",
+        "Confidence calibration on the **test** split",
+        f"{test['confidence']['calibrated']['ece']:.4f}",
+        f"{test['confidence']['uncalibrated']['ece']:.4f}",
+        "Scores on the **dev** split",
         f"| **overall** | {dev['seqeval_p']:.4f} | {dev['seqeval_r']:.4f} | {dev['seqeval_f']:.4f} |",
-        'spacy.load("en_conll_distilbert")', "ent._.confidence", "Intended use and limits", "English news",
-        "license not recorded", "Code (the project and the code bundled in this package): MIT",
+        'spacy.load("en_conll_distilbert")',
+        "ent._.confidence",
+        "Intended use and limits",
+        "English news",
+        "license not recorded",
+        "Code (the project and the code bundled in this package): MIT",
     ):
         assert text in readme, text
     assert "n/a" not in readme and "TRANSFORMER_LOSS" not in readme
@@ -200,5 +245,5 @@ def test_report_renders_every_chart(project, tmp_path):
     errors = json.loads((project / "metrics/test.json").read_text())["errors"]["counts"]
     if set(errors) - {"right"}:  # examples of the errors, the gold and the predicted entities marked
         assert 'class="example"' in dom and '<mark class="gold">' in dom and '<mark class="pred">' in dom
-    sample = dom[dom.index('id="displacy"'):]
+    sample = dom[dom.index('id="displacy"') :]
     assert "<mark" in sample and ">PER</span>" in sample
