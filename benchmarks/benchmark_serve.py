@@ -1,17 +1,14 @@
 """bench-serve: annotate/serve.py under load, beside (a) offline `nlp.pipe` over the same texts (the
-ceiling), (b) the FastAPI app people write, `nlp(text)` per request, and (c) the same with the HF
-token-classification pipeline per request (benchmarks/per_request_app.py), optionally (d) our app as
-one Ray Serve replica.
-
-The load is closed-loop on 127.0.0.1: CONCURRENCY clients each send one text a request and wait for
-the answer, a fixed number of requests a run, under a time cap. Two kinds of text from the test
-split: one sentence a request and one document a request. The servers run at once, each first warmed
-on every text, and take turns, run after run, so drift in the machine's speed falls on all alike; each
-figure is the median of the repetitions. Every answer is checked: status 200, and each entity within
-its own request's text (`text[start:end] == word` for ours; the HF pipeline's words are its
-detokenized wordpieces, so only the offsets), so a mixed-up request is counted. How many answers
-differ from offline `nlp.pipe`'s is counted too: in bf16 the rounding depends on which texts share a
-batch. Each run also records the server's CPU seconds per request (/proc), the serving layer's cost.
+ceiling), (b) the FastAPI app people write, `nlp(text)` per request, (c) the same with the HF
+token-classification pipeline (benchmarks/per_request_app.py), and optionally (d) our app as one Ray
+Serve replica. Closed-loop load on 127.0.0.1 (CONCURRENCY clients, a fixed number of requests a run, a
+time cap), one sentence or one document of the test split a request. The servers run at once, warmed
+on every text, and take turns run after run, the lowest concurrency first (a pipeline called from
+several threads at once can be left in another state); each figure is the median of the repetitions.
+Every answer is checked: status 200, and each entity within its own request's text (`text[start:end]
+== word`; offsets only for the HF pipeline's detokenized words); answers that differ from offline
+`nlp.pipe`'s (bf16 rounding depends on the batch) are counted apart. Each run records the server's CPU
+seconds per request (/proc).
 """
 
 import asyncio
@@ -261,12 +258,15 @@ def main(
         servers = {
             name: stack.enter_context(server(command, log_dir / f"{name}.log")) for name, command in commands.items()
         }
-        for name, (url, _) in servers.items():  # warm-up: the kernels for every shape of the run
+        # Warm-up one request at a time (the kernels for the texts' shapes), and the levels in order, the
+        # lowest first: concurrent calls of a pipeline from threads (the per-request app) can leave it in
+        # another state (in bf16, the weights of one call swapped in while another runs).
+        for name, (url, _) in servers.items():
             for kind_texts in texts.values():
-                asyncio.run(load(url, kind_texts, None, 8, time_cap_s))
-        for repetition in range(repetitions):
-            for kind, kind_texts in texts.items():
-                for level in levels:
+                asyncio.run(load(url, kind_texts, None, 1, time_cap_s))
+        for level in sorted(levels):
+            for repetition in range(repetitions):
+                for kind, kind_texts in texts.items():
                     for name, (url, pid) in servers.items():
                         checked = None if name == "per_request_hf" else expected[kind]
                         cpu_before = cpu_seconds(pid)
