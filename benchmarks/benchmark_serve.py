@@ -64,12 +64,18 @@ def server(command: List[str], log_path: Path, ready_s: float = 300) -> Iterator
                 time.sleep(0.5)
             yield url, process.pid
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the process by its pid, then, past 60 s, SIGKILL to its process group."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def ready(url: str) -> bool:

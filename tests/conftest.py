@@ -129,6 +129,23 @@ def import_model_code() -> None:
         importlib.import_module(path.removesuffix(".py").replace("/", "."))
 
 
+def pipeline_with_component(project: Path, root: Path, components: str, add_pipe: str) -> Path:
+    """PROJECT's release pipeline with a test component, `nlp.add_pipe(ADD_PIPE)`, saved as ROOT/model;
+    COMPONENTS, the code that registers it, goes to ROOT/test_components.py (for --code)."""
+    (root / "test_components.py").write_text(components)
+    model = root / "model"
+    script = f"""
+import sys; sys.path.append({str(root)!r})
+import test_components
+from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
+nlp = load_pipeline("training/model-release")
+nlp.add_pipe({add_pipe})
+nlp.to_disk({str(model)!r})
+"""
+    run_checked([sys.executable, "-c", script], cwd=project)
+    return model
+
+
 def run_checked(cmd, cwd, env=None, input_text=None):
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, input=input_text)
     assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"

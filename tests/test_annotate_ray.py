@@ -12,7 +12,7 @@ import pyarrow
 import pyarrow.fs
 import pyarrow.parquet
 import pytest
-from conftest import CODE, make_sentence, run_checked
+from conftest import CODE, make_sentence, pipeline_with_component, run_checked
 from spacy.util import load_config
 
 from scripts.project_util import gpu_problem
@@ -55,28 +55,12 @@ def texts(n: int, seed: int):
 def ray_model(project, tmp_path_factory):
     """The release pipeline plus the test components, and its code list."""
     root = tmp_path_factory.mktemp("ray-model")
-    components = root / "test_components.py"
-    components.write_text(TEST_COMPONENTS)
-    model = root / "model"
-    run_checked(
-        [
-            sys.executable,
-            "-c",
-            f"""
-import sys; sys.path.append({str(root)!r})
-import test_components
-from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
-nlp = load_pipeline("training/model-release")
-nlp.add_pipe("die_once", config={{"flag_path": {str(root / "died")!r}}})
-nlp.to_disk({str(model)!r})
-""",
-        ],
-        cwd=project,
-    )
+    flag = {"flag_path": str(root / "died")}
+    model = pipeline_with_component(project, root, TEST_COMPONENTS, f'"die_once", config={flag!r}')
     config = load_config(model / "config.cfg", interpolate=False)
     config["nlp"]["after_pipeline_creation"] = {"@callbacks": "test.max_length.v1", "max_length": LONG_TEXT_CHARS}
     config.to_disk(model / "config.cfg", interpolate=False)
-    return model, f"{CODE},{components}", root / "died"
+    return model, f"{CODE},{root / 'test_components.py'}", root / "died"
 
 
 def annotate_ray(project, input_path, output_dir, ray_model, *args, check=True):

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +17,11 @@ from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
-from conftest import CODE, find_chromium, make_sentence, run_checked
+from conftest import CODE, find_chromium, make_sentence, pipeline_with_component, run_checked
 
 from annotate.annotation import doc_entities
 from annotate.serve import Batcher, Overloaded
+from benchmarks.benchmark_serve import free_port, stop
 
 # Texts with SLOW take 0.1 s in the pipeline, those with STALL 6 s; a text with boom fails.
 TEST_COMPONENTS = """
@@ -45,30 +45,8 @@ REQUEST_CAP_S = 60
 def serve_model(project, tmp_path_factory) -> Tuple[Path, str]:
     """The release pipeline with the slow_or_fail component, and the --code that loads it."""
     root = tmp_path_factory.mktemp("serve-model")
-    (root / "test_components.py").write_text(TEST_COMPONENTS)
-    model = root / "model"
-    run_checked(
-        [
-            sys.executable,
-            "-c",
-            f"""
-import sys; sys.path.append({str(root)!r})
-import test_components
-from scripts.project_util import load_pipeline  # imports the packaged code the pipeline names
-nlp = load_pipeline("training/model-release")
-nlp.add_pipe("slow_or_fail", first=True)
-nlp.to_disk({str(model)!r})
-""",
-        ],
-        cwd=project,
-    )
+    model = pipeline_with_component(project, root, TEST_COMPONENTS, '"slow_or_fail", first=True')
     return model, f"{CODE},{root / 'test_components.py'}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(
@@ -114,13 +92,7 @@ def running_server(
             time.sleep(0.5)
         yield url, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop(process)
         log.close()
 
 
