@@ -15,6 +15,7 @@ Writes a JSON and the table between `overhead:start` and `overhead:end` in BENCH
 """
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -92,9 +93,16 @@ class PipelineInPython:
 
     def __init__(self, python: Path, model: Path, data: Path, variant: str, code: str, cpu_bf16: bool):
         self.python = python
-        command = [str(python), __file__, str(model), str(data), "--code", code, "--serve", variant]
+        command = [str(python), "-m", __spec__.name, str(model), str(data), "--code", code, "--serve", variant]
+        # The other interpreter finds this project's packages from its root, wherever the caller runs.
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
-            command + (["--cpu-bf16"] if cpu_bf16 else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            command + (["--cpu-bf16"] if cpu_bf16 else []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         self.spacy_version = self.ask("spacy_version")
 
