@@ -67,9 +67,10 @@ class Pending:
 
 class Batcher:
     """Annotates the texts of concurrent requests together: one `annotate_texts` call (one `nlp.pipe`)
-    a batch, on one thread beside the event loop. A batch takes what is queued, up to MAX_BATCH_TEXTS;
-    it waits for more only while requests keep coming, and no longer than WAIT_S after its first
-    request arrived. A request that finds the queue empty goes at once."""
+    a batch, on one thread beside the event loop. A batch takes what is queued, up to MAX_BATCH_TEXTS
+    (a request that would overflow it starts the next; one larger than that goes alone); it waits for
+    more only while requests keep coming, and no longer than WAIT_S after its first request arrived.
+    A request that finds the queue empty goes at once."""
 
     def __init__(self, nlp, max_batch_texts: int, wait_s: float, max_queue_texts: int):
         self.nlp = nlp
@@ -78,6 +79,7 @@ class Batcher:
         self.max_queue_texts = max_queue_texts
         self.queue: "asyncio.Queue[Pending]" = asyncio.Queue()
         self.queued_texts = 0
+        self.held: Optional[Pending] = None  # taken from the queue, first in the next batch
         self.batches = self.texts_done = 0  # for /health: how much batching happens
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlp")
         self.task: Optional[asyncio.Task] = None
@@ -109,7 +111,7 @@ class Batcher:
 
     async def next_batch(self) -> List[Pending]:
         batch: List[Pending] = []
-        first = await self.queue.get()
+        first, self.held = self.held or await self.queue.get(), None
         size = self.take(first, batch)
         lone = self.queue.empty()
         deadline = first.arrived + self.wait_s
@@ -124,6 +126,9 @@ class Batcher:
                     break
             else:
                 pending = self.queue.get_nowait()
+            if size + len(pending.texts) > self.max_batch_texts:
+                self.held = pending
+                break
             size += self.take(pending, batch)
         return batch
 

@@ -162,9 +162,19 @@ def test_a_lone_request_goes_at_once_and_company_joins_a_batch():
         together = await asyncio.wait_for(batcher.next_batch(), 10)
         batcher.wait_s = 0.05
         rest = await asyncio.wait_for(batcher.next_batch(), 10)
-        return [[pending.texts for pending in batch] for batch in (alone, together, rest)]
+        for texts in (["e", "f"], ["g", "h"], ["i"] * 5):  # the second would overflow a batch of 3
+            batcher.submit(texts)
+        overflowing = [await asyncio.wait_for(batcher.next_batch(), 10) for _ in range(3)]
+        return [[pending.texts for pending in batch] for batch in (alone, together, rest, *overflowing)]
 
-    assert asyncio.run(batches()) == [[["alone"]], [["a"], ["b", "c"]], [["d"]]]
+    assert asyncio.run(batches()) == [
+        [["alone"]],
+        [["a"], ["b", "c"]],
+        [["d"]],
+        [["e", "f"]],
+        [["g", "h"]],
+        [["i"] * 5],
+    ]
 
 
 def test_a_full_queue_refuses_and_one_request_never_waits_on_itself():
