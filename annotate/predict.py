@@ -210,51 +210,41 @@ def check_outputs_and_load(
     return nlp
 
 
-def write_records(
-    annotated: Iterator[Tuple[Record, Union[Entities, AnnotationFailure]]],
-    out: IO,
-    errors: InputErrors,
-    progress: tqdm,
-    min_score: float,
-    include_text: bool,
-    html_docs: Optional[List[Dict[str, Any]]],
-    html_limit: int,
-) -> int:
-    """Write each annotated record as a JSON line (and the first HTML_LIMIT into HTML_DOCS); report the
-    records that could not be annotated. Returns how many were written."""
-    written = 0
-    warned_entities_field = False
-    for record, entities in annotated:
-        progress.update(1)
-        if isinstance(entities, AnnotationFailure):
-            if errors.report(f"{record.location}: cannot annotate ({entities})"):
-                break
-            continue
-        if "entities" in record.fields and not warned_entities_field:
-            typer.echo(
-                f"Warning: {record.location}: the input's own 'entities' field is replaced by the "
-                "annotation (the first such record; others are not reported).",
-                err=True,
-            )
-            warned_entities_field = True
-        out.write(
-            json_line(
-                {
-                    **record.fields,
-                    **({"text": record.text} if include_text else {}),
-                    "entities": kept_entities(entities, min_score),
-                }
-            )
-        )
-        written += 1
-        if html_docs is not None and len(html_docs) < html_limit:
-            html_docs.append(
-                {
-                    "text": record.text,
-                    "ents": [{"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities],
-                }
-            )
-    return written
+@dataclass
+class RecordWriter:
+    """Writes each annotated record as a JSON line (and the first HTML_LIMIT into HTML_DOCS), reports
+    the records that could not be annotated, and counts the records written so far (for a stop)."""
+
+    errors: InputErrors
+    min_score: float
+    include_text: bool
+    html_docs: Optional[List[Dict[str, Any]]]
+    html_limit: int
+    written: int = 0
+    warned_entities_field: bool = False
+
+    def write(
+        self, annotated: Iterator[Tuple[Record, Union[Entities, AnnotationFailure]]], out: IO, progress: tqdm
+    ) -> None:
+        for record, entities in annotated:
+            progress.update(1)
+            if isinstance(entities, AnnotationFailure):
+                if self.errors.report(f"{record.location}: cannot annotate ({entities})"):
+                    break
+                continue
+            if "entities" in record.fields and not self.warned_entities_field:
+                typer.echo(
+                    f"Warning: {record.location}: the input's own 'entities' field is replaced by the "
+                    "annotation (the first such record; others are not reported).",
+                    err=True,
+                )
+                self.warned_entities_field = True
+            text = {"text": record.text} if self.include_text else {}
+            out.write(json_line({**record.fields, **text, "entities": kept_entities(entities, self.min_score)}))
+            self.written += 1
+            if self.html_docs is not None and len(self.html_docs) < self.html_limit:
+                ents = [{"start": e["start"], "end": e["end"], "label": e["entity_group"]} for e in entities]
+                self.html_docs.append({"text": record.text, "ents": ents})
 
 
 @app.command()
@@ -302,8 +292,7 @@ def main(
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1)
     batches = annotated_batches(reported(readings, errors), nlp, model, code_paths, batch_size, n_process)
-    html_docs: Optional[List[Dict[str, Any]]] = [] if html else None
-    written = 0
+    writer = RecordWriter(errors, min_score, include_text, [] if html else None, html_limit)
     try:
         # A file output is written to a temporary file and renamed at the end: a crash or a stop leaves an
         # earlier output as it was, and a stop on a bad record keeps the records done before it.
@@ -312,23 +301,14 @@ def main(
             atomic_output(output) if output else nullcontext(sys.stdout) as out,
             tqdm(total=total, disable=source in (None, "-"), unit="doc", file=sys.stderr) as progress,
         ):
-            written = write_records(
-                (pair for batch, results in batches for pair in zip(batch, results)),
-                out,
-                errors,
-                progress,
-                min_score,
-                include_text,
-                html_docs,
-                html_limit,
-            )
+            writer.write((pair for batch, results in batches for pair in zip(batch, results)), out, progress)
     except KeyboardInterrupt:
         kept = f"; {output} is as it was before the run" if output else ""
-        typer.echo(f"\nInterrupted after {written} annotated record(s){kept}.", err=True)
+        typer.echo(f"\nInterrupted after {writer.written} annotated record(s){kept}.", err=True)
         raise typer.Exit(130)
     if html:
-        atomic_write_text(html, displacy.render(html_docs, style="ent", page=True, manual=True))
-    typer.echo(f"Annotated {written} document(s)" + (f" into {output}" if output else ""), err=True)
+        atomic_write_text(html, displacy.render(writer.html_docs, style="ent", page=True, manual=True))
+    typer.echo(f"Annotated {writer.written} document(s)" + (f" into {output}" if output else ""), err=True)
     if errors.messages and errors.stop_on_error:
         raise typer.Exit(1)
 

@@ -2,6 +2,7 @@
 After each failure the input files and earlier outputs are byte for byte as they were."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -245,11 +246,12 @@ def test_sigterm_removes_the_temporary_output(project, tmp_path):
         text=True,
     )
     deadline = time.time() + 120
-    while not list(tmp_path.glob(".out.jsonl.*.tmp")) and time.time() < deadline:
+    # Until records have reached the temporary output: the stop then counts at least one.
+    while not any(p.stat().st_size for p in tmp_path.glob(".out.jsonl.*.tmp")) and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]
     assert "Interrupted after" in stderr and "as it was before the run" in stderr
+    assert int(re.search(r"Interrupted after (\d+) annotated", stderr).group(1)) > 0, stderr[-2000:]
     assert output.read_text() == "earlier\n" and not list(tmp_path.glob(".out.jsonl.*"))
