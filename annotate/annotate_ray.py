@@ -44,6 +44,7 @@ from annotate.annotation import (
     json_line,
     lone_surrogate,
     read_jsonl,
+    readable_records,
 )
 from scripts.project_util import SetupError, atomic_output, check_device, import_code_paths, one_line_errors, use_device
 
@@ -183,14 +184,11 @@ class Annotator:
         rows: List[Dict[str, Any]] = []
         records_read = words = 0
 
-        def readable(items: Iterator[Union[Record, BadRecord]]) -> Iterator[Record]:
-            for item in items:
-                if isinstance(item, BadRecord):
-                    unreadable.append({"source": path, **item.place, "problem": item.problem})
-                else:
-                    yield item
+        def list_unreadable(bad: BadRecord) -> bool:
+            unreadable.append({"source": path, **bad.place, "problem": bad.problem})
+            return False  # the file goes on
 
-        for batch in minibatch(readable(read_records(fs, path)), size=self.batch_size):
+        for batch in minibatch(readable_records(read_records(fs, path), list_unreadable), size=self.batch_size):
             records_read += len(batch)
             for record, entities in zip(batch, annotate_texts(self.nlp, [r.text for r in batch], self.batch_size)):
                 if isinstance(entities, AnnotationFailure):

@@ -9,7 +9,7 @@ cause, costs only itself: its batch is redone text by text and the failure is re
 """
 
 import json
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from spacy.language import Language
 from spacy.tokens import Doc, Span
@@ -106,6 +106,18 @@ def read_jsonl(lines: Iterable[bytes], source: str) -> Iterator[Union[Record, Ba
             yield (
                 Record(*parsed, source, {"line": line_no}) if parsed else BadRecord(source, {"line": line_no}, problem)
             )
+
+
+def readable_records(
+    readings: Iterable[Union[Record, BadRecord]], on_bad: Callable[[BadRecord], bool]
+) -> Iterator[Record]:
+    """The records that could be read; ON_BAD gets each one that could not, and ends the input by
+    returning True."""
+    for reading in readings:
+        if isinstance(reading, Record):
+            yield reading
+        elif on_bad(reading):
+            return
 
 
 def doc_entities(doc: Doc) -> Entities:

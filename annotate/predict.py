@@ -37,6 +37,7 @@ from annotate.annotation import (
     json_line,
     kept_entities,
     read_jsonl,
+    readable_records,
 )
 from scripts.project_util import (
     SetupError,
@@ -72,16 +73,6 @@ class InputErrors:
         self.messages.append(message)
         typer.echo(f"{'Error' if self.stop_on_error else 'Skipped'}: {message}", err=True)
         return self.stop_on_error
-
-
-def reported(readings: Readings, errors: InputErrors) -> Iterator[Record]:
-    """The records that could be read; each one that could not is reported, and stops the input
-    where errors stop the run."""
-    for reading in readings:
-        if isinstance(reading, Record):
-            yield reading
-        elif errors.report(f"{reading.location}: {reading.problem}"):
-            return
 
 
 def text_record(name: str, stream: BinaryIO) -> Union[Record, BadRecord]:
@@ -291,7 +282,14 @@ def main(
     except SourceNotFound as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1)
-    batches = annotated_batches(reported(readings, errors), nlp, model, code_paths, batch_size, n_process)
+    batches = annotated_batches(
+        readable_records(readings, lambda bad: errors.report(f"{bad.location}: {bad.problem}")),
+        nlp,
+        model,
+        code_paths,
+        batch_size,
+        n_process,
+    )
     writer = RecordWriter(errors, min_score, include_text, [] if html else None, html_limit)
     try:
         # A file output is written to a temporary file and renamed at the end: a crash or a stop leaves an
