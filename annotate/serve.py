@@ -291,7 +291,7 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
             nlp = await asyncio.get_running_loop().run_in_executor(None, load_pipeline, settings.model)
         batcher = Batcher(nlp, settings.max_batch_texts, settings.batch_wait_ms / 1000, settings.max_queue_texts)
         batcher.start()
-        state.update(nlp=nlp, batcher=batcher, info=model_info(nlp, settings))
+        state.update(batcher=batcher, info=model_info(nlp, settings))
         yield
         await batcher.stop()
 
@@ -313,15 +313,19 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
     async def token_classification(request: TokenClassificationRequest):
         if "batcher" not in state:
             return error(503, "the model is still loading", {"Retry-After": "5"})
-        texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+        one_text = isinstance(request.inputs, str)
+        texts = [request.inputs] if one_text else request.inputs
+
+        def field(i: int) -> str:
+            return "inputs" if one_text else f"inputs.{i}"
+
         if len(texts) > settings.max_texts:
             return error(413, f"inputs: {len(texts)} texts, the most a request takes is {settings.max_texts}")
         for i, text in enumerate(texts):
             if len(text) > settings.max_text_chars:
-                where = "inputs" if isinstance(request.inputs, str) else f"inputs.{i}"
                 return error(
                     413,
-                    f"{where}: {len(text):,} characters, the most a text may have here is "
+                    f"{field(i)}: {len(text):,} characters, the most a text may have here is "
                     f"{settings.max_text_chars:,}; annotate longer texts with predict or annotate_ray",
                 )
         try:
@@ -335,17 +339,12 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
         failures = [(i, r) for i, r in enumerate(results) if isinstance(r, AnnotationFailure)]
         if failures:
             i, failure = failures[0]
-            return error(
-                500,
-                f"inputs.{i}: cannot annotate ({failure})"
-                if len(texts) > 1
-                else f"inputs: cannot annotate ({failure})",
-            )
+            return error(500, f"{field(i)}: cannot annotate ({failure})")
         parameters = request.parameters
         entities = [
             kept_entities(result, parameters.min_score or 0.0, parameters.ignore_labels or ()) for result in results
         ]
-        return entities[0] if isinstance(request.inputs, str) else entities
+        return entities[0] if one_text else entities
 
     @api.get("/health", summary="Answers while the process is up")
     async def health():
@@ -370,9 +369,11 @@ def build_app(settings: ServeSettings, nlp=None) -> FastAPI:
     async def render(request: RenderRequest):
         return render_entities(request.text, request.entities)
 
+    page_html = resources.files("annotate").joinpath("serve_page.html").read_text(encoding="utf-8")
+
     @api.get("/", response_class=HTMLResponse, summary="A page to try the model")
     async def page():
-        return resources.files("annotate").joinpath("serve_page.html").read_text(encoding="utf-8")
+        return page_html
 
     api.add_middleware(RequestBodies, max_bytes=settings.max_body_bytes)
     return api
