@@ -2,7 +2,8 @@
 "conll.fused_finish_update.v1": thinc's PyTorchShim calls the optimizer once a parameter, with a
 conversion to NumPy each time. This takes the same step (thinc's Adam: clipping by each parameter's
 norm, bias-corrected moments kept in the thinc optimizer, decoupled weight decay) in torch's fused
-Adam kernel. Any other optimizer setting, or a GPU, takes thinc's own loop.
+Adam kernel. Any other optimizer setting, or a GPU, takes thinc's own loop. With use_averages it
+also keeps the moving average of the transformer's weights where spaCy's evaluation and saving find it.
 Bundled into the model package: it imports only installed libraries.
 """
 
@@ -11,18 +12,17 @@ from typing import Any, Callable
 import numpy
 import torch
 from spacy.util import registry
-from thinc.api import Optimizer
+from thinc.api import Optimizer, torch2xp, xp2torch
 from torch.optim.adam import adam as torch_adam
 
 
 def uses_fused_adam(optimizer: Optimizer) -> bool:
     """Whether fused_adam_update does what thinc's Optimizer would: Adam with decoupled weight
-    decay, no parameter averages, no RAdam."""
+    decay, no RAdam (update_averages keeps the averages)."""
     return (
         optimizer.b1 > 0
         and optimizer.b2 > 0
         and not optimizer.use_radam
-        and optimizer.averages is None
         and (optimizer.L2_is_weight_decay or optimizer.L2 == 0)
     )
 
@@ -78,6 +78,22 @@ def fused_adam_update(shim: Any, optimizer: Optimizer) -> None:
         torch._foreach_zero_(grads)
 
 
+def update_averages(shim: Any, optimizer: Optimizer) -> None:
+    """thinc's moving average (Ops.update_averages) of every weight in SHIM's state dict, kept in
+    optimizer.averages under the keys PyTorchShim.use_params reads, so that spaCy's evaluation and
+    model-best use the averaged transformer. thinc's Optimizer keys a shim's averages by (shim id,
+    name), which use_params never finds: with use_averages alone only the NER's weights are averaged."""
+    steps = max(optimizer.nr_update[(shim.id, name)] for name, _ in shim._model.named_parameters())
+    decay = min((1.0 + steps) / (10.0 + steps), 0.9999)
+    with torch.no_grad():
+        for name, value in shim._model.state_dict().items():
+            key = f"pytorch_{shim.id}_{name}"
+            if key not in optimizer.averages:
+                optimizer.averages[key] = torch2xp(value.detach().clone())
+            elif value.is_floating_point():
+                xp2torch(optimizer.averages[key]).lerp_(value, 1 - decay)
+
+
 @registry.misc("conll.fused_finish_update.v1")
 def fused_finish_update(shim: Any) -> Callable[[Optimizer], None]:
     """SHIM's finish_update (a PyTorchShim), with fused_adam_update where it applies."""
@@ -88,5 +104,7 @@ def fused_finish_update(shim: Any) -> Callable[[Optimizer], None]:
             fused_adam_update(shim, optimizer)
         else:
             type(shim).finish_update(shim, optimizer)
+        if optimizer.averages is not None:
+            update_averages(shim, optimizer)
 
     return finish_update

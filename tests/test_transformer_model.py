@@ -197,7 +197,7 @@ def test_fused_adam_takes_thincs_adamw_step(project, nlp):
     def thinc_finish_update(optimizer):
         type(shim).finish_update(shim, optimizer)
 
-    assert not uses_fused_adam(Adam(use_averages=True)) and not uses_fused_adam(RAdam(1e-3))
+    assert uses_fused_adam(Adam(use_averages=True)) and not uses_fused_adam(RAdam(1e-3))
     params = dict(shim._model.named_parameters())
     start = {name: p.detach().clone() for name, p in params.items()}
     generator = torch.Generator().manual_seed(0)
@@ -239,6 +239,42 @@ def test_fused_adam_takes_thincs_adamw_step(project, nlp):
         assert numpy.allclose(fused_optimizer.mom1[key], mom1, rtol=1e-5, atol=1e-6 * numpy.abs(mom1).max()), key
         # thinc's kernel rounds 1 - beta2 to float32 (0.00099998713): 1.3e-5 apart, relatively.
         assert numpy.allclose(fused_optimizer.mom2[key], moment, rtol=3e-5, atol=1e-12), key
+
+
+def test_use_averages_averages_the_transformer_too(project, nlp):
+    """spaCy evaluates and saves within nlp.use_params(optimizer.averages): with use_averages the
+    transformer's weights there are the moving average of its weights after each update (thinc's
+    rule, from the first update's weights), the NER's are thinc's own, and both come back after."""
+    import torch
+    from thinc.api import Adam
+
+    model = load(project, False)
+    shim = model.get_pipe("transformer").model.layers[0].shims[0]
+    params = dict(shim._model.named_parameters())
+    optimizer = Adam(learn_rate=1e-3, L2=0.01, L2_is_weight_decay=True, grad_clip=1.0, use_averages=True)
+    generator = torch.Generator().manual_seed(1)
+    expected = None
+    for step in range(1, 4):
+        for p in params.values():
+            p.grad = torch.randn(p.shape, generator=generator)
+        shim.finish_update(optimizer)
+        weights = {name: p.detach().clone() for name, p in params.items()}
+        if expected is None:
+            expected = weights
+        else:
+            decay = (1.0 + step) / (10.0 + step)
+            expected = {name: decay * expected[name] + (1 - decay) * w for name, w in weights.items()}
+    ner = model.get_pipe("ner").model
+    ner_param = next((node, name) for node in ner.walk() for name in node.param_names if node.has_param(name))
+    ner_key = (ner_param[0].id, ner_param[1])
+    optimizer.averages[ner_key] = ner_param[0].get_param(ner_param[1]) + 1.0
+    with model.use_params(optimizer.averages):
+        for name, p in params.items():
+            assert torch.allclose(p, expected[name], rtol=1e-5, atol=1e-6), name
+            assert not torch.equal(p, weights[name]), name
+        assert numpy.array_equal(ner_param[0].get_param(ner_param[1]), optimizer.averages[ner_key])
+    for name, p in params.items():
+        assert torch.equal(p, weights[name]), name
 
 
 def array_and_token_pipelines(project):
@@ -293,6 +329,43 @@ def test_array_batches_equal_spacy_transformers_batches(project, nlp):
             (e.start, e.end, e.label_, e._.confidence) for e in token_doc.ents
         ]
     assert any(doc.ents for doc in array_docs)
+
+
+def test_overlapping_windows_give_each_token_one_vector_from_every_window_it_is_in(project, nlp):
+    """With a stride below the window, a token in two windows is aligned to its wordpieces in both,
+    and the NER reads one vector for it: the mean of them all (spacy-transformers' batches, from arrays)."""
+    window, stride = 8, 5
+    by_arrays, by_tokens = [
+        spacy.load(
+            project / "training" / "model-best",
+            config={
+                "components.transformer.model.get_spans.window": window,
+                "components.transformer.model.get_spans.stride": stride,
+                "components.transformer.model.array_alignment": on,
+            },
+        )
+        for on in (True, False)
+    ]
+    text = awkward_texts()[4]
+    doc = by_arrays(text)
+    assert_same_batch(doc, by_tokens(text))
+    trf_data = doc._.trf_data
+    width = trf_data.wordpieces.input_ids.shape[1]
+    hidden = trf_data.model_output.last_hidden_state
+    starts = [stride * row for row in range(len(trf_data.wordpieces.strings))]
+    assert starts[-1] + window >= len(doc) > starts[-1]
+    # The parser's tok2vec is chain(our tok2vec, list2array, Linear): its first layer is what the config builds.
+    vectors = by_arrays.get_pipe("ner").model.get_ref("tok2vec").layers[0].predict([doc])[0]
+    assert vectors.shape[0] == len(doc)
+    in_two = 0
+    for i in range(len(doc)):
+        pieces = trf_data.align[i].data.ravel()
+        windows_in = {w for w, start in enumerate(starts) if start <= i < start + window}
+        assert {int(row) for row in pieces // width} == windows_in, i
+        in_two += len(windows_in) == 2
+        expected = hidden.reshape(-1, hidden.shape[-1])[pieces].mean(axis=0)
+        assert numpy.allclose(vectors[i, : hidden.shape[-1]], expected, atol=1e-5), i
+    assert in_two >= 10
 
 
 def test_doc_texts_are_the_docs_texts():
