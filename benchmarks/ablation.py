@@ -21,7 +21,7 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 from benchmarks.benchmark_speed import machine_info
-from scripts.project_util import atomic_write_text, import_code_paths
+from scripts.project_util import atomic_write_text, load_pipeline
 
 app = typer.Typer(add_completion=False)
 
@@ -218,12 +218,11 @@ def score(
 ):
     """Score every finished run on its dev and test splits, time each variant's first run, and write the
     results with each run's commands."""
-    import_code_paths(CODE)
     runs = finished_runs()
     results: Dict[str, Dict[str, object]] = {}
     models: Dict[str, spacy.Language] = {}
     for run in runs:
-        nlp = spacy.load(run.path / "training" / "model-best")
+        nlp = load_pipeline(str(run.path / "training" / "model-best"))
         timing = json.loads((run.path / "training" / "train_time.json").read_text())
         finished = (run.path / "training" / "train_time.json").stat().st_mtime
         record = json.loads((run.path / "run.json").read_text())

@@ -14,6 +14,9 @@ config, its architecture and size from the weights stored in the pipeline, and f
 its own config.json and model card (`license:`). Only a name, URL or license passed explicitly
 overrides what is found; what cannot be found is said to be unknown, never guessed.
 
+With --seed-scores, the card also gives the recipe's test and dev F1 over seeds (mean, spread) from
+bench-ablation-score's results, for the variant named by --seed-variant.
+
 The data is what convert read (its corpus.json): the card names it, lists the labels the pipeline
 learnt, and gives CoNLL-2003's citation, Reuters terms and news-genre limits only when that is the data.
 """
@@ -35,7 +38,7 @@ from spacy.cli.package import generate_readme
 from spacy.util import get_lang_class, load_config
 from transformers import AutoTokenizer
 
-from scripts.project_util import atomic_write_text, read_json
+from scripts.project_util import SetupError, atomic_write_text, one_line_errors, read_json
 
 app = typer.Typer(add_completion=False)
 CONLL = {
@@ -194,6 +197,38 @@ def data_source_line(data: Dict[str, Any]) -> str:
     return f"- Training data: **{data['name']}** ({read}{schemes}its own terms apply)."
 
 
+def seed_scores(path: Path, variant: str) -> Dict[str, Any]:
+    """The variant's F1 over seeds from bench-ablation-score's results (benchmarks/ablation.py)."""
+    try:
+        results = read_json(path)
+    except (OSError, ValueError) as err:
+        raise SetupError(f"--seed-scores {path}: not a readable JSON file ({err}).") from err
+    variants = results.get("variants") if isinstance(results, dict) else None
+    if not isinstance(variants, dict):
+        raise SetupError(f"--seed-scores {path}: no 'variants' object; give the JSON that bench-ablation-score wrote.")
+    if variant not in variants:
+        raise SetupError(f"--seed-variant {variant!r}: not in {path}; it has {', '.join(variants) or 'none'}.")
+    scores = variants[variant]
+    for field in ("test_f1", "dev_f1"):
+        if not {"mean", "std", "min", "max", "n"} <= set(scores.get(field, {})):
+            raise SetupError(f"--seed-scores {path}: variants.{variant}.{field} lacks mean, std, min, max or n.")
+    return {
+        "variant": variant,
+        "seeds": scores.get("seeds", []),
+        "source": path.name,
+        **{field: scores[field] for field in ("test_f1", "dev_f1")},
+    }
+
+
+def seed_line(over_seeds: Dict[str, Any]) -> str:
+    test, dev = over_seeds["test_f1"], over_seeds["dev_f1"]
+    return (
+        f"The recipe this package was trained with, over {test['n']} seeds trained side by side "
+        f"({over_seeds['source']}): test F1 **{test['mean']:.4f} ± {test['std']:.4f}** (standard deviation; "
+        f"{test['min']:.4f}–{test['max']:.4f}), dev F1 {dev['mean']:.4f} ± {dev['std']:.4f}."
+    )
+
+
 def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any], data: Dict[str, Any]) -> str:
     name = f"{meta['lang']}_{meta['name']}"
     test, dev = meta["test_performance"], meta["performance"]
@@ -210,6 +245,8 @@ def card_sections(meta: Dict[str, Any], backbone: Dict[str, Any], data: Dict[str
         f"{test['n_docs']} documents, {test['n_words']} words.",
         "",
     ]
+    if meta.get("test_performance_over_seeds"):
+        lines += [seed_line(meta["test_performance_over_seeds"]), ""]
     if test.get("confidence"):
         lines += [
             "### Confidence calibration on the **test** split",
@@ -277,6 +314,10 @@ def main(
     ),
     author: str = typer.Option("", help="The model's author, for the card (empty: no Author row)"),
     url: str = typer.Option("", help="The author's or project's URL, for the card"),
+    seed_scores_path: str = typer.Option(
+        "", "--seed-scores", help="bench-ablation-score's results: the card gives --seed-variant's F1 over seeds"
+    ),
+    seed_variant: str = typer.Option("", help="The variant of --seed-scores this package's recipe is"),
 ):
     meta = read_json(model_dir / "meta.json")
     meta.update({"name": name, "version": package_version})
@@ -285,6 +326,9 @@ def main(
     requirements += [f"{package}>={version(package)}" for package in requirement if package not in present]
     test = read_json(test_scores)
     meta["test_performance"] = test
+    if seed_scores_path:
+        with one_line_errors():
+            meta["test_performance_over_seeds"] = seed_scores(Path(seed_scores_path), seed_variant)
     meta["calibration"] = test.get("confidence")
     backbone = trained_backbone(model_dir)
     explicit = {"name": backbone_name, "url": backbone_url, "license": backbone_license}
