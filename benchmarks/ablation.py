@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional
 
 import spacy
 import typer
@@ -21,7 +21,7 @@ from spacy.tokens import DocBin
 from spacy.training import Example
 
 from benchmarks.benchmark_speed import machine_info
-from scripts.project_util import atomic_write_text, load_pipeline
+from scripts.project_util import atomic_write_text, load_pipeline, replace_between_markers
 
 app = typer.Typer(add_completion=False)
 
@@ -200,6 +200,51 @@ def words_per_second(models: Dict[str, spacy.Language], texts: List[str], repeti
     return {name: round(words / statistics.median(times), 1) for name, times in seconds.items()}
 
 
+def beside_baseline(results: Dict[str, Dict[str, object]], spans: Dict[str, tuple]) -> Dict[str, Optional[float]]:
+    """Each run's training seconds over the mean of the baseline runs that trained at the same time
+    (on the same machine, sharing it alike); None where no baseline ran beside it."""
+    ratios: Dict[str, Optional[float]] = {}
+    for name, result in results.items():
+        start, end = spans[name]
+        beside = [
+            other["train_seconds"]
+            for other_name, other in results.items()
+            if other["variant"] == "baseline"
+            and other_name != name
+            and spans[other_name][0] < end
+            and start < spans[other_name][1]
+        ]
+        ratios[name] = round(result["train_seconds"] / statistics.mean(beside), 3) if beside else None
+    return ratios
+
+
+def f1_cell(scores: Dict[str, float]) -> str:
+    return f"{scores['mean']:.4f}" if scores["n"] == 1 else f"{scores['mean']:.4f} ± {scores['std']:.4f}"
+
+
+def markdown_table(by_variant: Dict[str, Dict[str, object]]) -> str:
+    baseline_speed = by_variant.get("baseline", {}).get("words_per_second")
+    labels = sorted(next(iter(by_variant.values()))["test_per_type_f1"])
+    rows = [
+        "| variant | seeds | dev F1 | test F1 | "
+        + " | ".join(f"test {label}" for label in labels)
+        + " | training time ÷ the baseline beside it | words/s |",
+        "|---" * (6 + len(labels)) + "|",
+    ]
+    for variant, v in by_variant.items():
+        ratio = v["train_time_beside_baseline"]
+        speed = f"{v['words_per_second']:,.0f}" + (
+            f" ({v['words_per_second'] / baseline_speed:.2f}×)" if baseline_speed and variant != "baseline" else ""
+        )
+        rows.append(
+            f"| {variant}: {v['help']} | {', '.join(map(str, v['seeds']))} | {f1_cell(v['dev_f1'])} | "
+            f"{f1_cell(v['test_f1'])} | "
+            + " | ".join(f"{v['test_per_type_f1'][label]:.3f}" for label in labels)
+            + f" | {'—' if ratio is None else f'{ratio:.2f}×'} | {speed} |"
+        )
+    return "\n".join(rows)
+
+
 def spread(values: List[float]) -> Dict[str, float]:
     return {
         "mean": round(statistics.mean(values), 4),
@@ -215,11 +260,15 @@ def score(
     name: str = typer.Argument(..., help="The results go to benchmarks/results/<name>.json"),
     repetitions: int = typer.Option(3, help="Speed repetitions per model (the median counts)"),
     speed_texts: Path = typer.Option(Path("corpus/test.spacy"), help="The texts all models are timed on"),
+    markdown: Optional[Path] = typer.Option(
+        None, help="Also write the table between <!-- ablation:start --> and <!-- ablation:end --> in this file"
+    ),
 ):
     """Score every finished run on its dev and test splits, time each variant's first run, and write the
     results with each run's commands."""
     runs = finished_runs()
     results: Dict[str, Dict[str, object]] = {}
+    spans: Dict[str, tuple] = {}
     models: Dict[str, spacy.Language] = {}
     for run in runs:
         nlp = load_pipeline(str(run.path / "training" / "model-best"))
@@ -235,12 +284,16 @@ def score(
             "started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(finished - timing["wall_seconds"])),
             "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime(finished)),
         }
+        spans[run.name] = (finished - timing["wall_seconds"], finished)
         print(run.name, results[run.name]["dev"]["f1"], results[run.name]["test"]["f1"], flush=True)
         if run.variant not in {r.variant for r in runs if r.name in models}:
             models[run.name] = nlp
     nlp = next(iter(models.values()))
     texts = [doc.text for doc in DocBin().from_disk(speed_texts).get_docs(nlp.vocab)]
     speeds = words_per_second(models, texts, repetitions)
+    ratios = beside_baseline(results, spans)
+    for run_name, ratio in ratios.items():
+        results[run_name]["train_time_beside_baseline"] = ratio
     by_variant: Dict[str, Dict[str, object]] = {}
     for variant in dict.fromkeys(run.variant for run in runs):
         mine = [results[run.name] for run in runs if run.variant == variant]
@@ -254,6 +307,11 @@ def score(
                 for label in mine[0]["test"]["per_type_f1"]
             },
             "train_seconds": spread([r["train_seconds"] for r in mine]),
+            "train_time_beside_baseline": (
+                round(statistics.mean(known), 3)
+                if (known := [r["train_time_beside_baseline"] for r in mine if r["train_time_beside_baseline"]])
+                else None
+            ),
             "words_per_second": next(speeds[run.name] for run in runs if run.variant == variant and run.name in speeds),
         }
     output = {
@@ -264,6 +322,10 @@ def score(
         "runs": results,
     }
     atomic_write_text(Path("benchmarks/results") / f"{name}.json", json.dumps(output, indent=2))
+    if markdown:
+        replace_between_markers(
+            markdown, "<!-- ablation:start -->", "<!-- ablation:end -->", markdown_table(by_variant)
+        )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def test_score_reports_each_runs_dev_and_test_scores(project, tmp_path, monkeypa
     shutil.copytree(project / "corpus", tmp_path / "corpus")
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     shutil.copytree(ROOT / "model_code", tmp_path / "model_code")
+    (tmp_path / "B.md").write_text("# B\n<!-- ablation:start -->\nold\n<!-- ablation:end -->\nkept\n")
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(ablation.app, ["score", "tiny-ablation", "--repetitions", "1"])
+    result = CliRunner().invoke(ablation.app, ["score", "tiny-ablation", "--repetitions", "1", "--markdown", "B.md"])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "benchmarks" / "results" / "tiny-ablation.json").read_text())
     nlp = spacy.load(run / "training" / "model-best")
@@ -52,3 +53,27 @@ def test_score_reports_each_runs_dev_and_test_scores(project, tmp_path, monkeypa
     variant = results["variants"]["baseline"]
     assert variant["test_f1"]["mean"] == round(scores["seqeval_f"], 4) and variant["test_f1"]["n"] == 1
     assert variant["train_seconds"]["mean"] == 12.5 and variant["words_per_second"] > 0
+    assert variant["train_time_beside_baseline"] is None  # no other baseline trained beside it
+    table = (tmp_path / "B.md").read_text().splitlines()
+    assert table[0] == "# B" and table[-1] == "kept" and "old" not in table
+    row = next(line for line in table if line.startswith("| baseline: "))
+    assert f"| {variant['test_f1']['mean']:.4f} |" in row and "| — |" in row
+
+
+def test_training_time_is_compared_with_the_baselines_that_trained_beside_it():
+    results = {
+        "baseline-seed1": {"variant": "baseline", "train_seconds": 100.0},
+        "baseline-seed2": {"variant": "baseline", "train_seconds": 120.0},
+        "overlap-96-seed1": {"variant": "overlap-96", "train_seconds": 121.0},
+        "window-256-seed0": {"variant": "window-256", "train_seconds": 90.0},
+    }
+    spans = {
+        "baseline-seed1": (0, 10),
+        "baseline-seed2": (2, 12),
+        "overlap-96-seed1": (1, 13),
+        "window-256-seed0": (20, 30),
+    }
+    ratios = ablation.beside_baseline(results, spans)
+    assert ratios["overlap-96-seed1"] == 1.1  # 121 / mean(100, 120)
+    assert ratios["baseline-seed1"] == round(100 / 120, 3)  # the other baseline, not itself
+    assert ratios["window-256-seed0"] is None
