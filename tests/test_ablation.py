@@ -6,8 +6,7 @@ import shutil
 
 import spacy
 from conftest import ROOT, import_model_code
-from spacy.tokens import DocBin
-from spacy.training import Example
+from spacy.training import Corpus
 from typer.testing import CliRunner
 
 from benchmarks import ablation
@@ -44,8 +43,7 @@ def test_score_reports_each_runs_dev_and_test_scores(project, tmp_path, monkeypa
     results = json.loads((tmp_path / "benchmarks" / "results" / "tiny-ablation.json").read_text())
     nlp = spacy.load(run / "training" / "model-best")
     for split in ("dev", "test"):
-        gold = DocBin().from_disk(tmp_path / "corpus" / f"{split}.spacy").get_docs(nlp.vocab)
-        scores = nlp.evaluate([Example(nlp.make_doc(doc.text), doc) for doc in gold])
+        scores = nlp.evaluate(list(Corpus(tmp_path / "corpus" / f"{split}.spacy")(nlp)))
         assert results["runs"]["baseline-seed0"][split]["f1"] == scores["seqeval_f"]
         assert results["runs"]["baseline-seed0"][split]["per_type_f1"] == {
             label: s["f"] for label, s in scores["seqeval_per_type"].items()
