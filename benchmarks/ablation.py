@@ -19,6 +19,7 @@ import spacy
 import typer
 from spacy.tokens import DocBin
 from spacy.training import Corpus
+from weasel.util import load_project_config
 
 from benchmarks.benchmark_speed import machine_info
 from scripts.project_util import atomic_write_text, load_pipeline, replace_between_markers
@@ -26,20 +27,11 @@ from scripts.project_util import atomic_write_text, load_pipeline, replace_betwe
 app = typer.Typer(add_completion=False)
 
 RUNS = Path("benchmarks/runs/ablation")
-CODE = ",".join(
-    f"model_code/{name}.py"
-    for name in (
-        "seqeval_scorer",
-        "transformer_model",
-        "precision",
-        "length_groups",
-        "array_batches",
-        "wordpiece_encoding",
-        "fused_adam",
-        "entity_confidence",
-        "long_texts",
-    )
-)
+
+
+def project_code() -> str:
+    """project.yml's vars.code: the model_code files that register the pipeline's functions."""
+    return load_project_config(Path("."))["vars"]["code"]
 
 
 class Variant(NamedTuple):
@@ -109,7 +101,7 @@ def train_command(variant: Variant, run_dir: Path, transformer: str, seed: int, 
     options = {
         **RECIPE,
         "--output": str(run_dir / "training"),
-        "--code": CODE,
+        "--code": project_code(),
         "--gpu-id": "-1",
         "--train": str(corpus / "train.spacy"),
         "--dev": str(corpus / "dev.spacy"),
@@ -237,7 +229,7 @@ def markdown_table(by_variant: Dict[str, Dict[str, object]]) -> str:
             f" ({v['words_per_second'] / baseline_speed:.2f}×)" if baseline_speed and variant != "baseline" else ""
         )
         rows.append(
-            f"| {variant}: {v['help']} | {', '.join(map(str, v['seeds']))} | {f1_cell(v['dev_f1'])} | "
+            f"| {variant} | {', '.join(map(str, v['seeds']))} | {f1_cell(v['dev_f1'])} | "
             f"{f1_cell(v['test_f1'])} | "
             + " | ".join(f"{v['test_per_type_f1'][label]:.3f}" for label in labels)
             + f" | {'—' if ratio is None else f'{ratio:.2f}×'} | {speed} |"

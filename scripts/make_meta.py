@@ -223,7 +223,7 @@ def seed_scores(path: Path, variant: str) -> Dict[str, Any]:
 def seed_line(over_seeds: Dict[str, Any]) -> str:
     test, dev = over_seeds["test_f1"], over_seeds["dev_f1"]
     return (
-        f"The recipe this package was trained with, over {test['n']} seeds trained side by side "
+        f"The recipe this package was trained with, over {test['n']} seeds "
         f"({over_seeds['source']}): test F1 **{test['mean']:.4f} ± {test['std']:.4f}** (standard deviation; "
         f"{test['min']:.4f}–{test['max']:.4f}), dev F1 {dev['mean']:.4f} ± {dev['std']:.4f}."
     )

@@ -54,7 +54,7 @@ def test_score_reports_each_runs_dev_and_test_scores(project, tmp_path, monkeypa
     assert variant["train_time_beside_baseline"] is None  # no other baseline trained beside it
     table = (tmp_path / "B.md").read_text().splitlines()
     assert table[0] == "# B" and table[-1] == "kept" and "old" not in table
-    row = next(line for line in table if line.startswith("| baseline: "))
+    row = next(line for line in table if line.startswith("| baseline | "))
     assert f"| {variant['test_f1']['mean']:.4f} |" in row and "| — |" in row
 
 
